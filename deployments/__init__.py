@@ -1,0 +1,1 @@
+"""Presets (TOML) and Prefect deployments."""

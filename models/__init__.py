@@ -1,0 +1,1 @@
+"""Plain PyTorch BERT-style models; know nothing of Prefect, MLflow or pydantic."""

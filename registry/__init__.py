@@ -1,0 +1,1 @@
+"""The only package that imports mlflow: tracking sink, run lineage and the model registry."""

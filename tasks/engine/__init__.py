@@ -1,0 +1,1 @@
+"""Plain PyTorch training machinery shared by pre-training and fine-tuning (no Prefect, no MLflow)."""
