@@ -1,0 +1,1 @@
+"""Downstream tasks (GLUE, SQuAD): registry, readers, tokenization into model inputs, span decoding."""

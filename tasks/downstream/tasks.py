@@ -1,0 +1,193 @@
+"""The downstream task registry: everything task-specific lives in one `TaskSpec` entry.
+
+Readers, feature builders, heads, metrics and the evaluation report all read the spec
+instead of branching on task names, so adding a task is one entry in `TASKS` (plus a
+metric name the GLUE metric already knows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TaskKind = Literal["classification", "regression", "span"]
+
+
+@dataclass(frozen=True)
+class DevSplit:
+    """One evaluation file of a task; `suffix` tells its metrics apart ("" for a task's only dev file)."""
+
+    suffix: str
+    file: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How to read, model and score one downstream task.
+
+    `text_fields` and `label_field` are header column names of the GLUE tsv. A file
+    without a header row (CoLA) names its columns through `headerless_columns`.
+    `labels` lists the raw label strings in class-index order (classification only);
+    `value_range` bounds a regression target (STS-B scores are 0-5).
+    """
+
+    name: str
+    dir_name: str
+    kind: TaskKind
+    text_fields: tuple[str, ...]
+    label_field: str
+    metrics: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    value_range: tuple[float, float] | None = None
+    id_field: str | None = None
+    headerless_columns: tuple[str, ...] | None = None
+    train_file: str = "train.tsv"
+    dev_splits: tuple[DevSplit, ...] = (DevSplit("", "dev.tsv"),)
+    is_glue: bool = True
+
+    @property
+    def num_labels(self) -> int:
+        """Width of the task's head output: classes, 1 for a regression value, 2 for span start/end."""
+        if self.kind == "classification":
+            return len(self.labels)
+        return 1 if self.kind == "regression" else 2
+
+    def metric_keys(self) -> tuple[str, ...]:
+        """Names of the task's reported numbers, e.g. MNLI -> accuracy_matched, accuracy_mismatched."""
+        return tuple(
+            f"{metric}_{split.suffix}" if split.suffix else metric
+            for split in self.dev_splits
+            for metric in self.metrics
+        )
+
+
+_BINARY = ("0", "1")
+_ENTAIL = ("entailment", "not_entailment")
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            name="CoLA",
+            dir_name="CoLA",
+            kind="classification",
+            text_fields=("sentence",),
+            label_field="label",
+            labels=_BINARY,
+            metrics=("matthews_correlation",),
+            headerless_columns=("source", "label", "original_label", "sentence"),
+        ),
+        TaskSpec(
+            name="SST-2",
+            dir_name="SST-2",
+            kind="classification",
+            text_fields=("sentence",),
+            label_field="label",
+            labels=_BINARY,
+            metrics=("accuracy",),
+        ),
+        TaskSpec(
+            name="MRPC",
+            dir_name="MRPC",
+            kind="classification",
+            text_fields=("#1 String", "#2 String"),
+            label_field="Quality",
+            labels=_BINARY,
+            metrics=("accuracy", "f1"),
+        ),
+        TaskSpec(
+            name="STS-B",
+            dir_name="STS-B",
+            kind="regression",
+            text_fields=("sentence1", "sentence2"),
+            label_field="score",
+            value_range=(0.0, 5.0),
+            metrics=("pearson", "spearmanr"),
+            id_field="index",
+        ),
+        TaskSpec(
+            name="QQP",
+            dir_name="QQP",
+            kind="classification",
+            text_fields=("question1", "question2"),
+            label_field="is_duplicate",
+            labels=_BINARY,
+            metrics=("accuracy", "f1"),
+            id_field="id",
+        ),
+        TaskSpec(
+            name="MNLI",
+            dir_name="MNLI",
+            kind="classification",
+            text_fields=("sentence1", "sentence2"),
+            label_field="gold_label",
+            labels=("entailment", "neutral", "contradiction"),
+            metrics=("accuracy",),
+            id_field="index",
+            dev_splits=(DevSplit("matched", "dev_matched.tsv"), DevSplit("mismatched", "dev_mismatched.tsv")),
+        ),
+        TaskSpec(
+            name="QNLI",
+            dir_name="QNLI",
+            kind="classification",
+            text_fields=("question", "sentence"),
+            label_field="label",
+            labels=_ENTAIL,
+            metrics=("accuracy",),
+            id_field="index",
+        ),
+        TaskSpec(
+            name="RTE",
+            dir_name="RTE",
+            kind="classification",
+            text_fields=("sentence1", "sentence2"),
+            label_field="label",
+            labels=_ENTAIL,
+            metrics=("accuracy",),
+            id_field="index",
+        ),
+        TaskSpec(
+            name="WNLI",
+            dir_name="WNLI",
+            kind="classification",
+            text_fields=("sentence1", "sentence2"),
+            label_field="label",
+            labels=_BINARY,
+            metrics=("accuracy",),
+            id_field="index",
+        ),
+        TaskSpec(
+            name="SQuAD",
+            dir_name="squad",
+            kind="span",
+            text_fields=("question", "context"),
+            label_field="answers",
+            metrics=("exact_match", "f1"),
+            train_file="train.json",
+            dev_splits=(DevSplit("", "dev.json"),),
+            is_glue=False,
+        ),
+    )
+}
+
+
+class UnknownTaskError(ValueError):
+    """A task name that is not in the registry."""
+
+
+def get_task(name: str) -> TaskSpec:
+    """The spec registered under `name` (exact spelling, e.g. "SST-2", "STS-B", "SQuAD")."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+
+
+def check_task_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` unchanged if every one is registered and none repeats (config validators use this)."""
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise UnknownTaskError(f"unknown task(s) {unknown}; known: {', '.join(TASKS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"tasks listed twice: {list(names)}")
+    return names

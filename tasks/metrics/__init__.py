@@ -1,0 +1,1 @@
+"""Evaluation metrics as offline `evaluate.Metric` subclasses (GLUE, SQuAD) and the GLUE average."""

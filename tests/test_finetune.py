@@ -1,0 +1,184 @@
+"""Multi-task fine-tuning: mixing, the deterministic batch source, objectives, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from models.config import EncoderConfig
+from models.io import load_multitask, save_checkpoint
+from models.pretraining import BertForMaskedLM
+from tasks.artifacts import Artifact
+from tasks.downstream.features import SequenceFeatures
+from tasks.engine.finetune_objectives import MultiTaskObjective, span_loss
+from tasks.engine.sink import MemorySink
+from tasks.finetune import FinetuneConfig, MultiTaskBatchSource, finetune, mixing_rates
+
+WORDS = ("good", "bad", "movie", "plot", "film", "actor", "fine", "dull", "red", "blue", "green")
+WORDS += ("cat", "dog", "sat", "on", "the", "mat")
+
+
+def tiny_tokenizer() -> Tokenizer:
+    """Word-level WordPiece over WORDS with the project's fixed special ids and BERT template."""
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *WORDS, ".", "?"])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return tok
+
+
+def tiny_checkpoint(path: Path) -> Artifact:
+    """A random-init 'pre-trained' checkpoint dir (weights + config + tokenizer.json) as an artifact."""
+    cfg = EncoderConfig(
+        vocab_size=len(WORDS) + 7,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        max_position=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    torch.manual_seed(0)
+    save_checkpoint(path, BertForMaskedLM(cfg))
+    tiny_tokenizer().save(str(path / "tokenizer.json"))
+    return Artifact(stage="pretrain", fingerprint="tiny0000", path=str(path))
+
+
+def write_synthetic_tasks(data_dir: Path, n: int = 64, seed: int = 0) -> None:
+    """SST-2: label = "good" in the text; STS-B: 4.0 if "good" in sentence1 else 1.0; SQuAD: the color."""
+    rng = np.random.default_rng(seed)
+    filler = ["movie", "plot", "film", "actor", "fine", "dull"]
+    sst, sts, qas = ["sentence\tlabel"], [], []
+    for i in range(n):
+        words = [*rng.choice(filler, 2), "good" if i % 2 else "bad"]
+        rng.shuffle(words)
+        sst.append(f"{' '.join(words)} .\t{i % 2}")
+        a, b = " ".join(words), " ".join(rng.choice(filler, 3))
+        sts.append(f"{i}\tg\tf\ty\t{i}\tn\tn\t{a}\t{b}\t{4.0 if i % 2 else 1.0:.3f}")
+        color = str(rng.choice(["red", "blue", "green"]))
+        context = f"the cat sat on the {color} mat . {' '.join(rng.choice(filler, 5))}"
+        qas.append((f"q{i}", context, color))
+    header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+    for task, lines in (("SST-2", sst), ("STS-B", [header, *sts])):
+        (data_dir / "glue" / task).mkdir(parents=True, exist_ok=True)
+        for split in ("train.tsv", "dev.tsv"):
+            (data_dir / "glue" / task / split).write_text("\n".join(lines) + "\n")
+    paragraphs = [
+        {
+            "context": c,
+            "qas": [
+                {"id": q, "question": "what color ?", "answers": [{"text": a, "answer_start": c.index(a)}]}
+            ],
+        }
+        for q, c, a in qas
+    ]
+    (data_dir / "squad").mkdir(parents=True, exist_ok=True)
+    for split in ("train.json", "dev.json"):
+        (data_dir / "squad" / split).write_text(
+            json.dumps({"version": "1.1", "data": [{"paragraphs": paragraphs}]})
+        )
+
+
+def test_mixing_rates() -> None:
+    sizes = {"big": 10_000, "mid": 1_000, "small": 100}
+    # proportional with cap K=2000: min(n, K) = 2000, 1000, 100 -> /3100
+    rates = mixing_rates(sizes, "proportional", cap_k=2000, temperature=2.0)
+    assert rates == pytest.approx({"big": 2000 / 3100, "mid": 1000 / 3100, "small": 100 / 3100})
+    # temperature T=2: sqrt(2000), sqrt(1000), sqrt(100)
+    temp = mixing_rates(sizes, "temperature", cap_k=2000, temperature=2.0)
+    z = 2000**0.5 + 1000**0.5 + 10
+    assert temp == pytest.approx({"big": 2000**0.5 / z, "mid": 1000**0.5 / z, "small": 10 / z})
+    assert mixing_rates(sizes, "equal", cap_k=1, temperature=1.0) == pytest.approx(
+        dict.fromkeys(sizes, 1 / 3)
+    )
+
+
+def _features(n: int, length_of: int) -> list[SequenceFeatures]:
+    return [
+        SequenceFeatures((2, *[5] * (1 + (i * length_of) % 7), 3), (0,) * (3 + (i * length_of) % 7), i % 2, i)
+        for i in range(n)
+    ]
+
+
+def test_batch_source_is_deterministic_single_task_and_dynamically_padded() -> None:
+    features = {"A": _features(30, 1), "B": _features(7, 3)}
+    rates = {"A": 0.7, "B": 0.3}
+    source = MultiTaskBatchSource(features, rates, batch_size=4, num_batches=200, seed=3)
+    again = MultiTaskBatchSource(features, rates, batch_size=4, num_batches=200, seed=3)
+    other = MultiTaskBatchSource(features, rates, batch_size=4, num_batches=200, seed=4)
+    for step in (0, 17, 199):
+        a, b = source.batch(step), again.batch(step)
+        assert a["task"] == b["task"] and all(torch.equal(a[k], b[k]) for k in a if k != "task")
+    assert [t for t, _ in source.schedule] != [t for t, _ in other.schedule]
+    share_a = np.mean([t == "A" for t, _ in source.schedule])
+    assert 0.6 < share_a < 0.8  # drawn at rate 0.7
+    for step in range(20):
+        task, indices = source.schedule[step]
+        batch = source.batch(step)
+        longest = max(len(features[task][i].input_ids) for i in indices)
+        assert batch["input_ids"].shape == (4, longest)  # padded to this batch's longest, not a global max
+        assert batch["attention_mask"].sum() == sum(len(features[task][i].input_ids) for i in indices)
+    # each task walks whole epoch permutations: B's first 7 drawn indices are a permutation of 0..6
+    b_stream = np.concatenate([idx for t, idx in source.schedule if t == "B"])
+    assert sorted(b_stream[:7].tolist()) == list(range(7))
+    with pytest.raises(IndexError, match="outside the precomputed schedule"):
+        source.batch(200)
+
+
+def test_span_loss_and_objective_dispatch() -> None:
+    start = torch.tensor([[0.0, 10.0, 0.0]])  # (B=1, T=3), confident on position 1
+    end = torch.tensor([[0.0, 0.0, 0.0]])  # uniform: CE = ln 3
+    loss = span_loss(start, end, torch.tensor([1]), torch.tensor([2]))
+    expected_start = -torch.log_softmax(start, -1)[0, 1]
+    assert loss.item() == pytest.approx((expected_start.item() + np.log(3)) / 2, rel=1e-5)
+    objective = MultiTaskObjective({"A": "classification"})
+    with pytest.raises(KeyError, match="objective knows"):
+        objective(torch.nn.Identity(), {"task": "B"})
+
+
+def test_config_rejects_unknown_or_repeated_tasks() -> None:
+    with pytest.raises(ValueError, match="unknown task"):
+        FinetuneConfig(data_dir="x", tasks=("SST2",))
+    with pytest.raises(ValueError, match="listed twice"):
+        FinetuneConfig(data_dir="x", tasks=("RTE", "RTE"))
+
+
+def test_finetune_tiny_tasks_loss_falls(tmp_path: Path) -> None:
+    write_synthetic_tasks(tmp_path / "data")
+    checkpoint = tiny_checkpoint(tmp_path / "pretrained")
+    cfg = FinetuneConfig(
+        data_dir=str(tmp_path / "data"),
+        tasks=("SST-2", "STS-B", "SQuAD"),
+        batch_size=8,
+        lr=1e-2,
+        warmup_ratio=0.05,
+        max_steps=120,
+        max_seq_len=32,
+        doc_stride=16,
+        mixing="equal",
+    )
+    sink = MemorySink()
+    out = finetune(cfg, checkpoint, workdir=tmp_path / "work", sink=sink)
+    assert out.summary["steps"] == 120
+    for task in cfg.tasks:
+        curve = [v for _, v in sink.series(f"train_loss/{task}")]
+        assert curve[-1] < 0.7 * curve[0], (task, curve[0], curve[-1])
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tasks.json"} <= {
+        p.name for p in out.dir.iterdir()
+    }
+    model = load_multitask(out.dir)
+    assert set(model.heads) == set(cfg.tasks)
+    assert json.loads(out.file("tasks.json").read_text())["STS-B"]["kind"] == "regression"
+    assert finetune(cfg, checkpoint, workdir=tmp_path / "work", sink=sink).cached  # finished stage is reused
