@@ -1,0 +1,87 @@
+"""Encoder shape and regularisation settings, plus the named size presets.
+
+The config is a frozen dataclass (not pydantic: models stay framework-free) and it is
+written into every checkpoint's ``config.json``, so a checkpoint rebuilds its own model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+# Named shapes, smallest first: (layers, hidden, heads, FFN width). "tiny" is what tests and
+# smoke runs use; "mini"/"small"/"medium" follow the compact-BERT family; "base"/"large" are BERT's.
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"num_layers": 2, "hidden_size": 128, "num_heads": 2, "intermediate_size": 512},
+    "mini": {"num_layers": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024},
+    "small": {"num_layers": 4, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
+    "medium": {"num_layers": 8, "hidden_size": 512, "num_heads": 8, "intermediate_size": 2048},
+    "base": {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072},
+    "large": {"num_layers": 24, "hidden_size": 1024, "num_heads": 16, "intermediate_size": 4096},
+}
+
+
+class ConfigError(ValueError):
+    """An encoder config that cannot describe a working model."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    norm: Literal["post", "pre"] = "post"  # post-LN = original BERT; pre-LN trains more stably when deep
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"EncoderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads != 0:
+            raise ConfigError(
+                f"EncoderConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        if self.norm not in ("post", "pre"):
+            raise ConfigError(f"EncoderConfig.norm must be 'post' or 'pre', got {self.norm!r}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"EncoderConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ConfigError(
+                f"EncoderConfig.pad_id {self.pad_id} is outside the vocabulary (0..{self.vocab_size - 1})"
+            )
+
+    @classmethod
+    def from_size(cls, size: str, *, vocab_size: int, **overrides: Any) -> EncoderConfig:
+        """Config for a named preset in SIZES; ``overrides`` replace any field (None values are ignored)."""
+        if size not in SIZES:
+            raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
+        chosen = {k: v for k, v in overrides.items() if v is not None}
+        return cls(vocab_size=vocab_size, **{**SIZES[size], **chosen})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        """Inverse of to_dict; unknown keys are an error so a mistyped config.json is caught."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown EncoderConfig field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
