@@ -60,8 +60,14 @@ def test_gate_promotes_only_improvements(tracker: Tracker, experiment: str, tmp_
         run = tracker.start_run(experiment, "register")
         tracker.log_files(run, [tmp_path / "model.safetensors"], artifact_path="model")
         reg = register_and_gate(
-            tracker, name="gate-test", source_run_id=run, artifact_path="model",
-            metric="glue_avg", score=score, min_improvement=0.5, tags={},
+            tracker,
+            name="gate-test",
+            source_run_id=run,
+            artifact_path="model",
+            metric="glue_avg",
+            score=score,
+            min_improvement=0.5,
+            tags={},
         )
         tracker.end_run(run)
         return reg.version, reg.promoted

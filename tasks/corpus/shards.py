@@ -1,0 +1,102 @@
+"""The document-shard format stages exchange: ``docs-00000.parquet``, ... with ``id`` and ``text``.
+
+Writers stream row groups and readers yield record batches, so neither side ever holds
+more than a few thousand documents, whatever the shard or corpus size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARD_GLOB = "docs-*.parquet"
+SCHEMA = pa.schema([("id", pa.string()), ("text", pa.string())])
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    """The document shards of a stage directory, in order."""
+    return sorted(Path(directory).glob(SHARD_GLOB))
+
+
+def count_docs(directory: Path) -> int:
+    """Number of documents, from the Parquet footers only (no data is read)."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(directory))
+
+
+def iter_doc_batches(directory: Path, batch_size: int = 1024) -> Iterator[tuple[list[str], list[str]]]:
+    """Yield (ids, texts) batches over all shards of ``directory``, in document order."""
+    paths = shard_paths(directory)
+    if not paths:
+        raise FileNotFoundError(f"no document shards ({SHARD_GLOB}) in {directory}")
+    for path in paths:
+        with pq.ParquetFile(path) as pfile:
+            for batch in pfile.iter_batches(batch_size=batch_size, columns=["id", "text"]):
+                yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+
+
+class ShardWriter:
+    """Streams documents into zstd-compressed Parquet shards of ``shard_docs`` documents each.
+
+    Documents are written as row groups of at most ``row_group_docs``, so memory is bounded by
+    one row group however large a shard is, and readers can stream a shard group by group.
+    """
+
+    def __init__(self, directory: Path, shard_docs: int, row_group_docs: int = 8192) -> None:
+        self.directory = Path(directory)
+        self.shard_docs = shard_docs
+        self.row_group_docs = min(row_group_docs, shard_docs)
+        self.shards = 0  # finished shard files
+        self.docs = 0
+        self.chars = 0
+        self._ids: list[str] = []
+        self._texts: list[str] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._in_shard = 0  # documents already in the open shard
+
+    def add(self, doc_id: str, text: str) -> None:
+        self._ids.append(doc_id)
+        self._texts.append(text)
+        self.docs += 1
+        self.chars += len(text)
+        if len(self._ids) >= self.row_group_docs or self._in_shard + len(self._ids) >= self.shard_docs:
+            self._write_group()
+
+    def _write_group(self) -> None:
+        """Append buffered documents to the open shard as one row group; close the shard when full."""
+        if not self._ids:
+            return
+        if self._writer is None:
+            path = self.directory / f"docs-{self.shards:05d}.parquet"
+            self._writer = pq.ParquetWriter(path, SCHEMA, compression="zstd")
+        self._writer.write_table(pa.table({"id": self._ids, "text": self._texts}, schema=SCHEMA))
+        self._in_shard += len(self._ids)
+        self._ids, self._texts = [], []
+        if self._in_shard >= self.shard_docs:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            self.shards += 1
+            self._in_shard = 0
+
+    def close(self) -> None:
+        """Write what is buffered and finish the last shard."""
+        self._write_group()
+        self._close_shard()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:
+            self._writer.close()  # release the file; the stage's temp dir is discarded anyway

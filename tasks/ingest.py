@@ -1,0 +1,298 @@
+"""Ingest: local files (txt/jsonl/parquet/csv/WikiExtractor, plain or compressed) or a Hugging
+Face dataset -> cleaned, filtered document shards.
+
+Documents stream from the readers through cleanup and filters into Parquet shards of
+``shard_docs`` documents, so memory does not grow with the corpus. Every dropped document is
+counted under a reason (filter, bad record, bad encoding) in the summary.
+
+The fingerprint covers the config AND the resolved input files (absolute path, size,
+modification time): editing a corpus file or running from another directory builds a new
+artifact instead of silently reusing a stale one.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.artifacts import Artifact, build_stage
+from tasks.corpus.normalize import DocFilter, clean_text
+from tasks.corpus.readers import (
+    CorpusFormatError,
+    Format,
+    RawDoc,
+    ReadOptions,
+    detect_format,
+    read_file,
+    split_compression,
+)
+from tasks.corpus.shards import ShardWriter
+from tasks.engine.sink import MetricSink
+from tasks.stage import StageContext, run_tracked
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+VERSION = "1"
+
+
+class IngestConfig(BaseModel):
+    """Where the corpus comes from and which documents are kept."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    paths: tuple[str, ...] = Field(
+        (),
+        description="Files, directories (read recursively) or globs; relative ones resolve against the cwd.",
+    )
+    format: Literal["auto", "txt", "jsonl", "parquet", "csv", "wiki"] = Field(
+        "auto",
+        description="File format; 'auto' uses the extension (.gz/.bz2/.zst stripped) and sniffs <doc> tags.",
+    )
+    text_field: str = Field(
+        "text", min_length=1, description="Field/column holding the text (jsonl, parquet, csv, HF)."
+    )
+    txt_mode: Literal["blocks", "lines"] = Field(
+        "blocks", description="Plain text: one document per blank-line-separated block, or per line."
+    )
+    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter.")
+    wiki_keep_title: bool = Field(
+        False, description="WikiExtractor: keep the title line at the top of each article."
+    )
+    hf_dataset: str | None = Field(None, description="Hugging Face dataset name, streamed (needs network).")
+    hf_config: str | None = Field(None, description="Hugging Face dataset configuration name.")
+    hf_split: str = Field("train", min_length=1, description="Hugging Face dataset split.")
+    encoding_errors: Literal["error", "replace", "skip"] = Field(
+        "error",
+        description="Invalid UTF-8: raise naming file/line/offset, replace by U+FFFD, or skip the document.",
+    )
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error",
+        description="Malformed record (bad JSON, missing field): raise naming file+line, or skip and count.",
+    )
+    min_chars: int = Field(20, ge=0, le=10_000_000, description="Drop cleaned documents shorter than this.")
+    max_chars: int = Field(
+        1_000_000, ge=1, le=1_000_000_000, description="Drop cleaned documents longer than this."
+    )
+    min_alpha_fraction: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="Drop documents whose share of letters among non-space chars is lower.",
+    )
+    shard_docs: int = Field(50_000, ge=1, le=10_000_000, description="Documents per output Parquet shard.")
+    max_docs: int | None = Field(None, ge=1, description="Stop after this many kept documents (None: all).")
+
+    @model_validator(mode="after")
+    def _check(self) -> IngestConfig:
+        if not self.paths and not self.hf_dataset:
+            raise ValueError("IngestConfig needs `paths` (files, dirs or globs) or `hf_dataset`")
+        if self.max_chars < self.min_chars:
+            raise ValueError(f"max_chars ({self.max_chars}) must be >= min_chars ({self.min_chars})")
+        return self
+
+
+class _IngestKey(IngestConfig):
+    """What the artifact fingerprint hashes: the config plus a digest of the resolved input files."""
+
+    input_files: str
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One resolved corpus file: where it is, its name inside document ids, and its format."""
+
+    path: Path
+    source: str
+    format: Format
+
+
+def ingest(cfg: IngestConfig, *, workdir: Path, sink: MetricSink, run_id: str | None = None) -> Artifact:
+    """Read, clean and filter the corpus into ``docs-*.parquet`` shards (``id``, ``text``)."""
+    files = resolve_inputs(cfg.paths, cfg.format, Path.cwd(), exclude=Path(workdir))
+    key = _IngestKey(**cfg.model_dump(), input_files=_files_digest(files))
+
+    def build(out: Path) -> dict:
+        counts: Counter[str] = Counter()
+        doc_filter = DocFilter(cfg.min_chars, cfg.max_chars, cfg.min_alpha_fraction)
+        with ShardWriter(out, cfg.shard_docs) as writer:
+            for doc in _raw_docs(cfg, files, counts, sink):
+                text = clean_text(doc.text)
+                reason = doc_filter.reason_to_drop(text)
+                if reason is not None:
+                    counts[reason] += 1
+                    continue
+                writer.add(doc.id, text)
+                if cfg.max_docs is not None and writer.docs >= cfg.max_docs:
+                    break
+        replaced = counts.pop("replaced_lines", 0)
+        if writer.docs == 0:
+            raise ValueError(f"corpus is empty after filtering: {_describe(cfg)} (dropped: {dict(counts)})")
+        summary = {"docs": writer.docs, "chars": writer.chars, "shards": writer.shards, "files": len(files)}
+        summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
+        sink.log_metrics(_metrics(summary), step=0)
+        log.info(
+            "ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts)
+        )
+        return summary
+
+    return build_stage(
+        workdir=workdir, stage=STAGE, version=VERSION, config=key, inputs=[], build=build, run_id=run_id
+    )
+
+
+def _describe(cfg: IngestConfig) -> str:
+    return ", ".join([*cfg.paths, *([f"hf:{cfg.hf_dataset}:{cfg.hf_split}"] if cfg.hf_dataset else [])])
+
+
+def _metrics(summary: dict) -> dict[str, float]:
+    dropped = {f"dropped_{reason}": n for reason, n in summary["dropped"].items()}
+    return {
+        "docs": summary["docs"],
+        "chars": summary["chars"],
+        "replaced_lines": summary["replaced_lines"],
+    } | dropped
+
+
+def _raw_docs(
+    cfg: IngestConfig, files: list[InputFile], counts: Counter[str], sink: MetricSink
+) -> Iterator[RawDoc]:
+    """All raw documents: local files in order, then the Hugging Face dataset if one is named."""
+    opts = ReadOptions(
+        text_field=cfg.text_field,
+        txt_mode=cfg.txt_mode,
+        encoding_errors=cfg.encoding_errors,
+        on_bad_record=cfg.on_bad_record,
+        wiki_keep_title=cfg.wiki_keep_title,
+        csv_delimiter=cfg.csv_delimiter,
+    )
+    for i, f in enumerate(files):
+        yield from read_file(f.path, f.format, f.source, opts, counts)
+        sink.progress(i + 1, len(files))
+    if cfg.hf_dataset:
+        yield from _hf_docs(cfg, counts)
+
+
+def _hf_docs(cfg: IngestConfig, counts: Counter[str]) -> Iterator[RawDoc]:
+    """Stream a Hub dataset record by record (``streaming=True``: nothing is downloaded in full).
+
+    The fingerprint knows only the dataset name/config/split, not its revision.
+    """
+    import datasets  # heavy import, only needed for this input kind
+
+    stream = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config, split=cfg.hf_split, streaming=True)
+    for n, record in enumerate(stream):
+        text = record.get(cfg.text_field)
+        if isinstance(text, str):
+            yield RawDoc(f"hf:{cfg.hf_dataset}:{cfg.hf_split}:{n}", text)
+        elif cfg.on_bad_record == "skip":
+            counts["bad_record"] += 1
+        else:
+            raise CorpusFormatError(
+                f"hf:{cfg.hf_dataset} split {cfg.hf_split} record {n}: no string {cfg.text_field!r}"
+            )
+
+
+def resolve_inputs(
+    patterns: tuple[str, ...], fmt: str, cwd: Path, exclude: Path | None = None
+) -> list[InputFile]:
+    """Expand files, directories and globs into an ordered, de-duplicated list of corpus files.
+
+    Files under ``exclude`` (the pipeline's workdir) are never inputs: a corpus directory that
+    contains the workdir must not ingest the pipeline's own shards on the next run.
+
+    Files found inside a directory or by a glob whose format cannot be detected (READMEs,
+    licences) are skipped with a log line; an explicitly named file of unknown format is an error.
+    """
+    found: dict[Path, InputFile] = {}
+    sources: set[str] = set()
+    skip = (exclude if exclude.is_absolute() else cwd / exclude).resolve() if exclude is not None else None
+    for pattern in patterns:
+        matches, root, explicit = _expand(pattern, cwd)
+        if not matches:
+            raise ValueError(
+                f"input path matched no files: {pattern!r} (relative paths resolve against {cwd})"
+            )
+        for path in matches:
+            if path in found or (skip is not None and path.resolve().is_relative_to(skip)):
+                continue
+            file_format = _file_format(path, fmt, explicit)
+            if file_format is None:
+                log.warning("ingest: skipping %s (unknown format; set `format` to read it)", path)
+                continue
+            source = path.relative_to(root).as_posix()
+            source = str(path) if source in sources else source  # same relative name from two roots
+            sources.add(source)
+            found[path] = InputFile(path, source, file_format)
+    if patterns and not found:
+        raise ValueError(f"no readable corpus files matched: {', '.join(patterns)}")
+    return list(found.values())
+
+
+def _expand(pattern: str, cwd: Path) -> tuple[list[Path], Path, bool]:
+    """(matched files, root that ids are relative to, whether the file was named explicitly)."""
+    full = Path(os.path.expanduser(pattern))
+    full = full if full.is_absolute() else cwd / full
+    if glob.has_magic(str(full)):
+        root = Path(*_static_prefix(full.parts))
+        hits = sorted(Path(p) for p in glob.glob(str(full), recursive=True))
+        files = [f for h in hits for f in (_walk(h) if h.is_dir() else [h])]
+        return files, root, False
+    if full.is_dir():
+        return _walk(full), full, False
+    return ([full] if full.is_file() else []), full.parent, True
+
+
+def _static_prefix(parts: tuple[str, ...]) -> list[str]:
+    prefix: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        prefix.append(part)
+    return prefix
+
+
+def _walk(directory: Path) -> list[Path]:
+    """All non-hidden files under ``directory``, sorted for a stable document order."""
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and not any(s.startswith(".") for s in p.relative_to(directory).parts)
+    )
+
+
+def _file_format(path: Path, fmt: str, explicit: bool) -> Format | None:
+    detected = detect_format(path) if fmt == "auto" else fmt
+    if detected is None and explicit:
+        raise CorpusFormatError(f"{path}: cannot tell the format from the name; set `format`")
+    if detected == "parquet" and split_compression(path)[1]:
+        raise CorpusFormatError(
+            f"{path}: compressed Parquet files are not supported (Parquet compresses inside)"
+        )
+    return detected  # type: ignore[return-value]
+
+
+def _files_digest(files: list[InputFile]) -> str:
+    """Hash of (path, size, mtime, format) per file: changes when any input file changes."""
+    rows = [(str(f.path), f.path.stat().st_size, f.path.stat().st_mtime_ns, f.format) for f in files]
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+@task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def ingest_task(cfg: IngestConfig, ctx: StageContext) -> Artifact:
+    """Retried once: reading remote datasets (hf_dataset) is I/O that can fail transiently."""
+    return run_tracked(
+        ctx, STAGE, cfg, [], lambda sink, run_id: ingest(cfg, workdir=ctx.path, sink=sink, run_id=run_id)
+    )

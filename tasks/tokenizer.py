@@ -1,0 +1,198 @@
+"""Tokenizer: train a BERT-style subword tokenizer on document shards.
+
+The trainer reads the shards as a stream of text batches (nothing is copied to disk or held
+whole in memory) and the result is saved in two forms: ``tokenizer.json`` for the
+``tokenizers`` library (what the pipeline itself uses, via :func:`load_tokenizer`) and the
+``vocab.txt`` / ``tokenizer_config.json`` / ``special_tokens_map.json`` trio that transformers'
+``BertTokenizerFast`` expects, so checkpoints can be used outside the pipeline.
+
+Special tokens sit at fixed ids ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4) because the packed
+data format and the models hard-code them; training fails loudly if they land elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from tasks.artifacts import Artifact, build_stage
+from tasks.corpus.shards import count_docs, iter_doc_batches
+from tasks.engine.sink import MetricSink
+from tasks.stage import StageContext, run_tracked
+
+log = logging.getLogger(__name__)
+
+STAGE = "tokenizer"
+VERSION = "1"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # index == fixed id
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+_SUBWORD_PREFIX = "##"
+_METASPACE = "▁"
+
+
+class TokenizerConfig(BaseModel):
+    """Subword algorithm, vocabulary size and BERT text normalization."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    algorithm: Literal["wordpiece", "bpe", "unigram"] = Field(
+        "wordpiece",
+        description="Subword model; wordpiece is what BERT uses and what BertTokenizerFast loads.",
+    )
+    vocab_size: int = Field(30_522, ge=64, le=1_000_000, description="Target vocabulary size incl. specials.")
+    min_frequency: int = Field(
+        2, ge=1, le=1_000_000, description="Minimum count for a merge (wordpiece/bpe)."
+    )
+    limit_alphabet: int = Field(
+        1000, ge=1, le=1_000_000, description="Most frequent characters kept in the alphabet (wordpiece/bpe)."
+    )
+    lowercase: bool = Field(True, description="Lowercase text (uncased model).")
+    strip_accents: bool | None = Field(None, description="Strip accents; None follows `lowercase` like BERT.")
+    model_max_length: int = Field(512, ge=8, le=1_000_000, description="Max sequence length recorded for HF.")
+    max_docs: int | None = Field(None, ge=1, description="Train on the first N documents only (None: all).")
+    batch_docs: int = Field(1000, ge=1, le=1_000_000, description="Documents per batch fed to the trainer.")
+
+
+def train_tokenizer(
+    cfg: TokenizerConfig, docs: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
+) -> Artifact:
+    """Train a tokenizer on a document-shard artifact and save it in tokenizers + HF formats."""
+
+    def build(out: Path) -> dict:
+        total = count_docs(docs.dir) if cfg.max_docs is None else min(cfg.max_docs, count_docs(docs.dir))
+        tokenizer = _new_tokenizer(cfg)
+        tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), _trainer(cfg), length=total)
+        _check_special_ids(tokenizer, "trained tokenizer")
+        tokenizer.post_processor = _bert_template()
+        _save(cfg, tokenizer, out)
+        summary = {"algorithm": cfg.algorithm, "vocab_size": tokenizer.get_vocab_size(), "docs": total}
+        sink.log_metrics({"vocab_size": summary["vocab_size"], "docs": total}, step=0)
+        log.info(
+            "tokenizer: %s vocabulary of %d from %d documents", cfg.algorithm, summary["vocab_size"], total
+        )
+        return summary
+
+    return build_stage(
+        workdir=workdir, stage=STAGE, version=VERSION, config=cfg, inputs=[docs], build=build, run_id=run_id
+    )
+
+
+def load_tokenizer(directory: Path | str) -> Tokenizer:
+    """The tokenizer saved in an artifact or checkpoint dir, checked for the fixed special ids."""
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no tokenizer.json in {directory}")
+    tokenizer = Tokenizer.from_file(str(path))
+    _check_special_ids(tokenizer, str(path))
+    return tokenizer
+
+
+def _text_batches(cfg: TokenizerConfig, src: Path, sink: MetricSink, total: int) -> Iterator[list[str]]:
+    """Batches of document texts, stopping after ``total`` documents."""
+    done = 0
+    for _, texts in iter_doc_batches(src, cfg.batch_docs):
+        texts = texts[: total - done]
+        yield texts
+        done += len(texts)
+        sink.progress(done, total)
+        if done >= total:
+            return
+
+
+def _new_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
+    """Untrained tokenizer: model, BERT normalizer, pre-tokenizer and decoder for the algorithm."""
+    normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=cfg.strip_accents, lowercase=cfg.lowercase
+    )
+    if cfg.algorithm == "unigram":
+        # Unigram pieces carry no continuation marker, so word boundaries travel as "▁" instead.
+        tokenizer = Tokenizer(models.Unigram())
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_METASPACE, prepend_scheme="always")
+        tokenizer.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme="always")
+    else:
+        model = (
+            models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=_SUBWORD_PREFIX)
+            if cfg.algorithm == "wordpiece"
+            else models.BPE(unk_token="[UNK]", continuing_subword_prefix=_SUBWORD_PREFIX)
+        )
+        tokenizer = Tokenizer(model)
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tokenizer.decoder = decoders.WordPiece(prefix=_SUBWORD_PREFIX, cleanup=True)
+    tokenizer.normalizer = normalizer
+    return tokenizer
+
+
+def _trainer(cfg: TokenizerConfig) -> trainers.Trainer:
+    """Trainer that puts the special tokens first, in order, so they get ids 0..4."""
+    specials = list(SPECIAL_TOKENS)
+    if cfg.algorithm == "unigram":
+        return trainers.UnigramTrainer(
+            vocab_size=cfg.vocab_size, special_tokens=specials, unk_token="[UNK]", show_progress=False
+        )
+    kind = trainers.WordPieceTrainer if cfg.algorithm == "wordpiece" else trainers.BpeTrainer
+    return kind(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        limit_alphabet=cfg.limit_alphabet,
+        special_tokens=specials,
+        continuing_subword_prefix=_SUBWORD_PREFIX,
+        show_progress=False,
+    )
+
+
+def _bert_template() -> processors.TemplateProcessing:
+    """[CLS] A [SEP] for one segment, [CLS] A [SEP] B [SEP] with type id 1 on B for pairs."""
+    return processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", CLS_ID), ("[SEP]", SEP_ID)],
+    )
+
+
+def _check_special_ids(tokenizer: Tokenizer, where: str) -> None:
+    for expected, token in enumerate(SPECIAL_TOKENS):
+        got = tokenizer.token_to_id(token)
+        if got != expected:
+            raise ValueError(f"{where}: special token {token} has id {got}, expected {expected}")
+
+
+def _save(cfg: TokenizerConfig, tokenizer: Tokenizer, out: Path) -> None:
+    """tokenizer.json plus the files transformers reads (vocab.txt, tokenizer_config, special map)."""
+    tokenizer.save(str(out / "tokenizer.json"))
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    (out / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
+    special_map = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
+    special_map["mask_token"] = "[MASK]"
+    # BertTokenizerFast rebuilds a WordPiece model, which is only right for wordpiece vocabularies.
+    tokenizer_class = "BertTokenizerFast" if cfg.algorithm == "wordpiece" else "PreTrainedTokenizerFast"
+    hf_config = {
+        "tokenizer_class": tokenizer_class,
+        "do_lower_case": cfg.lowercase,
+        "strip_accents": cfg.strip_accents,
+        "tokenize_chinese_chars": True,
+        "model_max_length": cfg.model_max_length,
+        "clean_up_tokenization_spaces": True,
+        **special_map,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(hf_config, indent=2))
+    (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
+
+
+@task(name="tokenizer", cache_policy=NO_CACHE)
+def tokenizer_task(cfg: TokenizerConfig, docs: Artifact, ctx: StageContext) -> Artifact:
+    return run_tracked(
+        ctx,
+        STAGE,
+        cfg,
+        [docs],
+        lambda sink, run_id: train_tokenizer(cfg, docs, workdir=ctx.path, sink=sink, run_id=run_id),
+        files=["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"],
+    )

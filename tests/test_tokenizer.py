@@ -1,0 +1,130 @@
+"""Tokenizer: fixed special ids, round trips, BERT templates, saved HF files, caching."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, models
+
+from tasks.artifacts import Artifact
+from tasks.engine.sink import MemorySink
+from tasks.ingest import IngestConfig, ingest
+from tasks.tokenizer import SPECIAL_TOKENS, TokenizerConfig, load_tokenizer, train_tokenizer
+
+WORDS = [
+    "the",
+    "cat",
+    "dog",
+    "sat",
+    "ran",
+    "on",
+    "under",
+    "a",
+    "mat",
+    "tree",
+    "house",
+    "river",
+    "quickly",
+    "slowly",
+    "big",
+    "small",
+    "red",
+    "blue",
+]
+
+
+def corpus(tmp_path: Path, n_docs: int = 60) -> Artifact:
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(WORDS, 25)) + "." for _ in range(n_docs)]
+    lines.append("Café Zürich Naïve Ünïcode")
+    (tmp_path / "c.txt").write_text("\n".join(lines))
+    cfg = IngestConfig(paths=(str(tmp_path / "c.txt"),), txt_mode="lines", min_chars=1)
+    return ingest(cfg, workdir=tmp_path / "w", sink=MemorySink())
+
+
+def train(tmp_path: Path, docs: Artifact, **kwargs: object) -> Artifact:
+    cfg = TokenizerConfig(vocab_size=150, min_frequency=1, **kwargs)
+    return train_tokenizer(cfg, docs, workdir=tmp_path / "w", sink=MemorySink())
+
+
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe"])
+def test_special_ids_and_round_trip(tmp_path: Path, algorithm: str) -> None:
+    art = train(tmp_path, corpus(tmp_path), algorithm=algorithm)
+    tok = load_tokenizer(art.dir)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    text = "the big red dog ran quickly under a blue tree."
+    enc = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(enc.ids) == text
+    assert tok.encode("The  BIG dog").tokens == ["[CLS]", "the", "big", "dog", "[SEP]"]
+    assert art.summary["vocab_size"] == tok.get_vocab_size() <= 150
+
+
+def test_pair_template_type_ids(tmp_path: Path) -> None:
+    tok = load_tokenizer(train(tmp_path, corpus(tmp_path)).dir)
+    enc = tok.encode("the cat", "a dog")
+    assert enc.tokens == ["[CLS]", "the", "cat", "[SEP]", "a", "dog", "[SEP]"]
+    assert enc.type_ids == [0, 0, 0, 0, 1, 1, 1]
+
+
+def test_normalization_follows_config(tmp_path: Path) -> None:
+    docs = corpus(tmp_path)
+    uncased = load_tokenizer(train(tmp_path, docs).dir)
+    assert uncased.normalizer.normalize_str("Café Zürich") == "cafe zurich"
+    cased = load_tokenizer(train(tmp_path, docs, lowercase=False).dir)
+    assert cased.normalizer.normalize_str("Café Zürich") == "Café Zürich"
+
+
+def test_saved_hf_files(tmp_path: Path) -> None:
+    art = train(tmp_path, corpus(tmp_path), model_max_length=128)
+    vocab = art.file("vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert vocab[:5] == list(SPECIAL_TOKENS)
+    tok = load_tokenizer(art.dir)
+    assert all(tok.token_to_id(t) == i for i, t in enumerate(vocab))
+    hf_cfg = json.loads(art.file("tokenizer_config.json").read_text())
+    assert hf_cfg["tokenizer_class"] == "BertTokenizerFast" and hf_cfg["do_lower_case"] is True
+    assert hf_cfg["model_max_length"] == 128
+    special = json.loads(art.file("special_tokens_map.json").read_text())
+    assert special == {
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }
+
+
+def test_transformers_loads_same_ids(tmp_path: Path) -> None:
+    from transformers import BertTokenizerFast
+
+    art = train(tmp_path, corpus(tmp_path))
+    hf = BertTokenizerFast.from_pretrained(str(art.dir))
+    ours = load_tokenizer(art.dir).encode("the cat sat", "on a mat")
+    theirs = hf("the cat sat", "on a mat")
+    assert theirs["input_ids"] == ours.ids and theirs["token_type_ids"] == ours.type_ids
+    assert hf.mask_token_id == 4 and hf.pad_token_id == 0
+
+
+def test_unigram_round_trip(tmp_path: Path) -> None:
+    tok = load_tokenizer(train(tmp_path, corpus(tmp_path), algorithm="unigram").dir)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    text = "the big red dog ran under a blue tree."
+    assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
+
+
+def test_load_tokenizer_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json"):
+        load_tokenizer(tmp_path)
+    vocab = {"[UNK]": 0, "[PAD]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"special token \[PAD\] has id 1, expected 0"):
+        load_tokenizer(tmp_path)
+
+
+def test_rerun_is_cached(tmp_path: Path) -> None:
+    docs = corpus(tmp_path)
+    first = train(tmp_path, docs)
+    second = train(tmp_path, docs)
+    assert second.cached and not first.cached and second.path == first.path
