@@ -1,9 +1,10 @@
-"""Ingest: local files (txt/jsonl/parquet/csv/WikiExtractor, plain or compressed) or a Hugging
-Face dataset -> cleaned, filtered document shards.
+"""Ingest: local files (txt/jsonl/parquet/csv/WikiExtractor/WikiText, plain or compressed) or a
+Hugging Face dataset -> cleaned, filtered document shards.
 
 Documents stream from the readers through cleanup and filters into Parquet shards of
 ``shard_docs`` documents, so memory does not grow with the corpus. Every dropped document is
-counted under a reason (filter, bad record, bad encoding) in the summary.
+counted under a reason (filter, bad record, bad encoding) in the summary, and every input file
+that yielded nothing because it was empty or binary under ``skipped_files``.
 
 The fingerprint covers the config AND the resolved input files (absolute path, size,
 modification time): editing a corpus file or running from another directory builds a new
@@ -17,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,12 +42,12 @@ from tasks.corpus.readers import (
 )
 from tasks.corpus.shards import ShardWriter
 from tasks.engine.sink import MetricSink
-from tasks.stage import StageContext, run_tracked
+from tasks.stage import StageContext, retry_on_io, run_tracked
 
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
-VERSION = "1"
+VERSION = "2"  # 2: repeated-line filter, WikiText format, empty/binary files counted
 
 
 class IngestConfig(BaseModel):
@@ -57,9 +59,12 @@ class IngestConfig(BaseModel):
         (),
         description="Files, directories (read recursively) or globs; relative ones resolve against the cwd.",
     )
-    format: Literal["auto", "txt", "jsonl", "parquet", "csv", "wiki"] = Field(
+    format: Literal["auto", "txt", "jsonl", "parquet", "csv", "wiki", "wikitext"] = Field(
         "auto",
-        description="File format; 'auto' uses the extension (.gz/.bz2/.zst stripped) and sniffs <doc> tags.",
+        description=(
+            "File format; 'auto' uses the extension (.gz/.bz2/.zst stripped; .tokens/.raw = wikitext) "
+            "and sniffs WikiExtractor <doc> tags and WikiText ' = Title = ' headings."
+        ),
     )
     text_field: str = Field(
         "text", min_length=1, description="Field/column holding the text (jsonl, parquet, csv, HF)."
@@ -69,7 +74,7 @@ class IngestConfig(BaseModel):
     )
     csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field delimiter.")
     wiki_keep_title: bool = Field(
-        False, description="WikiExtractor: keep the title line at the top of each article."
+        False, description="WikiExtractor/WikiText: keep the title line at the top of each article."
     )
     hf_dataset: str | None = Field(None, description="Hugging Face dataset name, streamed (needs network).")
     hf_config: str | None = Field(None, description="Hugging Face dataset configuration name.")
@@ -82,6 +87,10 @@ class IngestConfig(BaseModel):
         "error",
         description="Malformed record (bad JSON, missing field): raise naming file+line, or skip and count.",
     )
+    on_binary_file: Literal["error", "skip"] = Field(
+        "error",
+        description="A text-format file with NUL bytes: raise naming it, or skip it and count it.",
+    )
     min_chars: int = Field(20, ge=0, le=10_000_000, description="Drop cleaned documents shorter than this.")
     max_chars: int = Field(
         1_000_000, ge=1, le=1_000_000_000, description="Drop cleaned documents longer than this."
@@ -91,6 +100,12 @@ class IngestConfig(BaseModel):
         ge=0.0,
         le=1.0,
         description="Drop documents whose share of letters among non-space chars is lower.",
+    )
+    max_repeated_line_fraction: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="Drop documents where more than this share of lines repeat an earlier line (1.0: off).",
     )
     shard_docs: int = Field(50_000, ge=1, le=10_000_000, description="Documents per output Parquet shard.")
     max_docs: int | None = Field(None, ge=1, description="Stop after this many kept documents (None: all).")
@@ -126,7 +141,9 @@ def ingest(cfg: IngestConfig, *, workdir: Path, sink: MetricSink, run_id: str | 
 
     def build(out: Path) -> dict:
         counts: Counter[str] = Counter()
-        doc_filter = DocFilter(cfg.min_chars, cfg.max_chars, cfg.min_alpha_fraction)
+        doc_filter = DocFilter(
+            cfg.min_chars, cfg.max_chars, cfg.min_alpha_fraction, cfg.max_repeated_line_fraction
+        )
         with ShardWriter(out, cfg.shard_docs) as writer:
             for doc in _raw_docs(cfg, files, counts, sink):
                 text = clean_text(doc.text)
@@ -138,10 +155,15 @@ def ingest(cfg: IngestConfig, *, workdir: Path, sink: MetricSink, run_id: str | 
                 if cfg.max_docs is not None and writer.docs >= cfg.max_docs:
                     break
         replaced = counts.pop("replaced_lines", 0)
+        skipped_files = {reason: counts.pop(reason) for reason in FILE_REASONS if reason in counts}
         if writer.docs == 0:
-            raise ValueError(f"corpus is empty after filtering: {_describe(cfg)} (dropped: {dict(counts)})")
+            raise ValueError(
+                f"corpus is empty after filtering: {_describe(cfg)} "
+                f"(dropped: {dict(counts)}, skipped files: {skipped_files})"
+            )
         summary = {"docs": writer.docs, "chars": writer.chars, "shards": writer.shards, "files": len(files)}
         summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
+        summary |= {"skipped_files": skipped_files}
         sink.log_metrics(_metrics(summary), step=0)
         log.info(
             "ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts)
@@ -153,17 +175,24 @@ def ingest(cfg: IngestConfig, *, workdir: Path, sink: MetricSink, run_id: str | 
     )
 
 
+FILE_REASONS = ("empty_file", "binary_file")  # counted per file, not per document
+
+
 def _describe(cfg: IngestConfig) -> str:
     return ", ".join([*cfg.paths, *([f"hf:{cfg.hf_dataset}:{cfg.hf_split}"] if cfg.hf_dataset else [])])
 
 
 def _metrics(summary: dict) -> dict[str, float]:
     dropped = {f"dropped_{reason}": n for reason, n in summary["dropped"].items()}
-    return {
-        "docs": summary["docs"],
-        "chars": summary["chars"],
-        "replaced_lines": summary["replaced_lines"],
-    } | dropped
+    return (
+        {
+            "docs": summary["docs"],
+            "chars": summary["chars"],
+            "replaced_lines": summary["replaced_lines"],
+        }
+        | dropped
+        | {f"skipped_{reason}": n for reason, n in summary["skipped_files"].items()}
+    )
 
 
 def _raw_docs(
@@ -177,6 +206,7 @@ def _raw_docs(
         on_bad_record=cfg.on_bad_record,
         wiki_keep_title=cfg.wiki_keep_title,
         csv_delimiter=cfg.csv_delimiter,
+        on_binary_file=cfg.on_binary_file,
     )
     for i, f in enumerate(files):
         yield from read_file(f.path, f.format, f.source, opts, counts)
@@ -210,8 +240,10 @@ def resolve_inputs(
 ) -> list[InputFile]:
     """Expand files, directories and globs into an ordered, de-duplicated list of corpus files.
 
-    Files under ``exclude`` (the pipeline's workdir) are never inputs: a corpus directory that
-    contains the workdir must not ingest the pipeline's own shards on the next run.
+    Pipeline outputs under ``exclude`` (the workdir: stage directories, MLflow artifacts,
+    Prefect's home) are never inputs, so a corpus directory that contains the workdir does not
+    ingest the pipeline's own shards on the next run; other files there (e.g. the demo's
+    generated corpus) are ordinary inputs.
 
     Files found inside a directory or by a glob whose format cannot be detected (READMEs,
     licences) are skipped with a log line; an explicitly named file of unknown format is an error.
@@ -226,7 +258,7 @@ def resolve_inputs(
                 f"input path matched no files: {pattern!r} (relative paths resolve against {cwd})"
             )
         for path in matches:
-            if path in found or (skip is not None and path.resolve().is_relative_to(skip)):
+            if path in found or (skip is not None and is_pipeline_output(path.resolve(), skip)):
                 continue
             file_format = _file_format(path, fmt, explicit)
             if file_format is None:
@@ -239,6 +271,20 @@ def resolve_inputs(
     if patterns and not found:
         raise ValueError(f"no readable corpus files matched: {', '.join(patterns)}")
     return list(found.values())
+
+
+WORKDIR_INTERNALS = frozenset({"mlartifacts", "mlruns", "prefect"})
+STAGE_OUTPUT = re.compile(r"[0-9a-f]{16}(\.ckpt)?|\.tmp-.*|\.resume-.*")
+
+
+def is_pipeline_output(path: Path, workdir: Path) -> bool:
+    """Whether ``path`` is something the pipeline wrote into ``workdir`` (not a source file)."""
+    if not path.is_relative_to(workdir):
+        return False
+    parts = path.relative_to(workdir).parts
+    if parts[0] in WORKDIR_INTERNALS or parts[0].startswith("mlflow.db"):
+        return True
+    return len(parts) >= 3 and STAGE_OUTPUT.fullmatch(parts[1]) is not None
 
 
 def _expand(pattern: str, cwd: Path) -> tuple[list[Path], Path, bool]:
@@ -290,9 +336,9 @@ def _files_digest(files: list[InputFile]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-@task(name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io)
 def ingest_task(cfg: IngestConfig, ctx: StageContext) -> Artifact:
-    """Retried once: reading remote datasets (hf_dataset) is I/O that can fail transiently."""
+    """Retried on network errors only: streaming a Hub dataset is I/O that can fail transiently."""
     return run_tracked(
         ctx, STAGE, cfg, [], lambda sink, run_id: ingest(cfg, workdir=ctx.path, sink=sink, run_id=run_id)
     )

@@ -1,0 +1,102 @@
+"""Prefect flows: the pipeline and its phases. Wiring only: every step is a task call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+from pydantic import BaseModel
+
+from tasks.artifacts import Artifact
+from tasks.config import PipelineConfig
+from tasks.dedup import DedupConfig, dedup_task
+from tasks.demo import DemoConfig, demo_data_task
+from tasks.evaluation import EvalConfig, evaluate_task
+from tasks.finetune import FinetuneConfig, finetune_task
+from tasks.ingest import IngestConfig, ingest_task
+from tasks.pack import PackConfig, pack_task
+from tasks.pipeline_run import open_pipeline_run, pipeline_run, publish_scores
+from tasks.pretrain import PretrainConfig, pretrain_task
+from tasks.register import register_task
+from tasks.stage import StageContext
+from tasks.tokenizer import TokenizerConfig, tokenizer_task
+
+
+class DataArtifacts(BaseModel):
+    tokenizer: Artifact
+    packed: Artifact
+
+
+class PipelineResult(BaseModel):
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    scores: list[dict[str, object]]
+    registration: dict[str, object] | None
+
+
+@flow(name="data")
+def data_flow(
+    ingest: IngestConfig,
+    dedup: DedupConfig,
+    tokenizer: TokenizerConfig,
+    pack: PackConfig,
+    ctx: StageContext,
+    demo: DemoConfig | None = None,
+) -> DataArtifacts:
+    """1. (demo only) generate synthetic data  2. ingest  3. dedup  4. train the tokenizer  5. pack."""
+    if demo is not None:
+        demo_data_task(demo, ctx)
+    docs = dedup_task(dedup, ingest_task(ingest, ctx), ctx)
+    tok = tokenizer_task(tokenizer, docs, ctx)
+    return DataArtifacts(tokenizer=tok, packed=pack_task(pack, docs, tok, ctx))
+
+
+@flow(name="pretrain")
+def pretrain_flow(cfg: PretrainConfig, data: DataArtifacts, ctx: StageContext) -> Artifact:
+    """Pre-train the encoder with dynamic-masking MLM on the packed corpus."""
+    return pretrain_task(cfg, data.packed, data.tokenizer, ctx)
+
+
+@flow(name="finetune-evaluate")
+def finetune_evaluate_flow(
+    finetune: FinetuneConfig, evaluate: EvalConfig, checkpoint: Artifact, ctx: StageContext, label: str
+) -> tuple[Artifact, Artifact]:
+    """1. multi-task fine-tuning  2. dev-set evaluation (GLUE metrics, SQuAD EM/F1)."""
+    tuned = finetune_task(finetune, checkpoint, ctx, run_name=f"finetune-{label}")
+    return tuned, evaluate_task(evaluate, tuned, ctx, run_name=f"evaluate-{label}")
+
+
+@flow(name="pipeline")
+def pipeline(config: PipelineConfig, workdir: str) -> PipelineResult:
+    """corpus -> model registry, tracked as one MLflow parent run with a child run per stage.
+
+    1. open the parent MLflow run (tagged with this flow run's id)
+    2. data: (demo data) -> ingest -> dedup -> tokenizer -> pack
+    3. pre-train
+    4. fine-tune + evaluate the pre-trained model (and, for the transfer baseline, a
+       randomly initialised one on the same budget)
+    5. register the pre-trained model's fine-tuned checkpoint; promote it if it wins
+    """
+    ctx = open_pipeline_run(config, Path(workdir))
+    with pipeline_run(ctx):
+        data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
+        checkpoint = pretrain_flow(config.pretrain, data, ctx)
+        tuned, report = finetune_evaluate_flow(
+            config.finetune, config.evaluate, checkpoint, ctx, "pretrained"
+        )
+        reports = {"pretrained": report}
+        if config.baseline_random_init:
+            baseline = config.finetune.model_copy(update={"init": "random"})
+            _, reports["random_init"] = finetune_evaluate_flow(
+                baseline, config.evaluate, checkpoint, ctx, "random"
+            )
+        scores = publish_scores(ctx, reports)
+        registration = register_task(config.registry, tuned, report, ctx) if config.registry.enabled else None
+    return PipelineResult(
+        parent_run_id=ctx.parent_run_id,
+        experiment_id=ctx.experiment_id,
+        tracking_uri=ctx.tracking_uri,
+        scores=scores,
+        registration=registration.summary if registration else None,
+    )

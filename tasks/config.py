@@ -1,0 +1,122 @@
+"""The whole pipeline's configuration: one frozen config per stage, composed.
+
+Presets are TOML files in ``deployments/presets/``; ``${workdir}`` inside any string is
+replaced by the run's working directory so a preset can point at data the pipeline
+generates (the demo) without hard-coding a machine's paths. Command-line overrides are
+``section.field=value`` with the value parsed as TOML (falling back to a plain string).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.dedup import DedupConfig
+from tasks.demo import DemoConfig
+from tasks.evaluation import EvalConfig
+from tasks.finetune import FinetuneConfig
+from tasks.ingest import IngestConfig
+from tasks.pack import PackConfig
+from tasks.pretrain import PretrainConfig
+from tasks.register import RegistryConfig
+from tasks.tokenizer import TokenizerConfig
+
+
+class TrackingConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; empty means sqlite:///<workdir>/mlflow.db (embedded)."
+    )
+    experiment: str = Field("bertflow", min_length=1, description="MLflow experiment holding the runs.")
+
+
+class PipelineConfig(BaseModel):
+    """Every stage's config; each stage receives only its own section."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: str = Field("custom", description="Name of the preset this config came from.")
+    demo: DemoConfig | None = Field(None, description="Generate synthetic demo data first (offline demo).")
+    ingest: IngestConfig
+    dedup: DedupConfig = DedupConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    pack: PackConfig = PackConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig
+    evaluate: EvalConfig
+    registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    baseline_random_init: bool = Field(
+        False, description="Also fine-tune from random init on the same budget, to measure transfer."
+    )
+
+
+class PresetError(ValueError):
+    """A preset name, file or override that cannot be turned into a PipelineConfig."""
+
+
+PRESETS = resources.files("deployments") / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in PRESETS.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    """Raw TOML of a preset given by name (``tiny``) or by path to a .toml file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        text = path.read_text()
+    else:
+        candidate = PRESETS / f"{name_or_path}.toml"
+        if not candidate.is_file():
+            raise PresetError(f"unknown preset {name_or_path!r}; known: {', '.join(preset_names())}")
+        text = candidate.read_text()
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PresetError(f"preset {name_or_path}: invalid TOML: {exc}") from exc
+
+
+def substitute(value: Any, workdir: Path) -> Any:
+    """Replace ``${workdir}`` in every string of a nested TOML value."""
+    if isinstance(value, str):
+        return value.replace("${workdir}", str(workdir))
+    if isinstance(value, list):
+        return [substitute(v, workdir) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, workdir) for k, v in value.items()}
+    return value
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``section.field=value`` in the raw preset dict (value parsed as TOML if it can be)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise PresetError(f"override {override!r} is not of the form section.field=value")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise PresetError(f"override {override!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def load_config(name_or_path: str, workdir: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Preset + overrides -> validated PipelineConfig (pydantic errors name the field)."""
+    raw = read_preset(name_or_path)
+    raw.setdefault("preset", Path(name_or_path).stem)
+    for override in overrides:
+        apply_override(raw, override)
+    return PipelineConfig.model_validate(substitute(raw, workdir.resolve()))
