@@ -44,7 +44,7 @@ def version_by_alias(tracker: Tracker, name: str, alias: str) -> tuple[str, dict
         mv = tracker.client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    return mv.version, dict(mv.tags)
+    return str(mv.version), dict(mv.tags)
 
 
 def register_version(
@@ -61,7 +61,7 @@ def register_version(
     mv = tracker.client.create_model_version(
         name, source=source, run_id=source_run_id, tags={k: str(v) for k, v in tags.items()}
     )
-    return mv.version
+    return str(mv.version)
 
 
 def promote(tracker: Tracker, name: str, version: str, reason: str) -> None:

@@ -1,0 +1,128 @@
+"""The whole pipeline on a shrunken tiny preset, through Prefect and MLflow, in-process.
+
+One module-scoped run is shared by the checks: the MLflow record (parent + a child per
+stage, FINISHED, lineage tags), the registry (version with an alias), a re-run that
+recomputes nothing, a fine-tuning-only change that recomputes only fine-tuning onward,
+and bad input that fails the run and registers nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.pipeline import PipelineResult, pipeline
+from registry.model_registry import CHALLENGER, CHAMPION
+from tasks.config import PipelineConfig, load_config
+
+FAST = [
+    "demo.n_corpus_docs=600",
+    "demo.n_train=80",
+    "demo.n_dev=40",
+    "tokenizer.vocab_size=512",
+    "pretrain.max_steps=20",
+    "pretrain.eval_every=10",
+    "pretrain.eval_batches=2",
+    "pretrain.checkpoint_every=10",
+    "finetune.max_steps=12",
+    "finetune.batch_size=8",
+    "evaluate.max_examples_per_task=20",
+    "registry.model_name=pipeline-test",
+]
+STAGES = {"demo-data", "ingest", "dedup", "tokenizer", "pack", "pretrain", "register"}
+TUNE_STAGES = {"finetune-pretrained", "evaluate-pretrained", "finetune-random", "evaluate-random"}
+
+
+def run(workdir: Path, *overrides: str) -> tuple[PipelineConfig, PipelineResult]:
+    cfg = load_config("tiny", workdir, [*FAST, *overrides])
+    return cfg, pipeline(config=cfg, workdir=str(workdir))
+
+
+def child_runs(client: MlflowClient, parent: PipelineResult) -> dict[str, object]:
+    runs = client.search_runs(
+        [parent.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.parent_run_id}'"
+    )
+    return {r.info.run_name: r for r in runs}
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PipelineResult]:
+    workdir = tmp_path_factory.mktemp("pipeline")
+    return workdir, run(workdir)[1]
+
+
+def test_mlflow_record(first: tuple[Path, PipelineResult]) -> None:
+    workdir, result = first
+    assert result.tracking_uri == f"sqlite:///{workdir.resolve() / 'mlflow.db'}"
+    client = MlflowClient(result.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"] not in ("", "none")
+    children = child_runs(client, result)
+    assert set(children) == STAGES | TUNE_STAGES
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    pretrain = children["pretrain"]
+    assert pretrain.data.tags["bertflow.input.pack.run_id"] == children["pack"].info.run_id
+    assert len(client.get_metric_history(pretrain.info.run_id, "loss")) >= 2
+    assert {"pretrained/glue_avg", "random_init/glue_avg"} <= set(parent.data.metrics)
+    artifacts = {f.path for f in client.list_artifacts(children["dedup"].info.run_id)}
+    assert {"report.json", "dropped.jsonl"} <= artifacts
+    assert (workdir / "mlflow.db").is_file() and (workdir / "mlartifacts").is_dir()
+
+
+def test_registered_with_alias(first: tuple[Path, PipelineResult]) -> None:
+    _, result = first
+    client = MlflowClient(result.tracking_uri)
+    assert result.registration is not None and result.registration["version"] == "1"
+    assert str(client.get_model_version_by_alias("pipeline-test", CHALLENGER).version) == "1"
+    assert str(client.get_model_version_by_alias("pipeline-test", CHAMPION).version) == "1"
+    files = {
+        f.path for f in client.list_artifacts(client.get_model_version("pipeline-test", "1").run_id, "model")
+    }
+    assert {"model/model.safetensors", "model/config.json", "model/tokenizer.json"} <= files
+
+
+def test_rerun_recomputes_nothing(first: tuple[Path, PipelineResult]) -> None:
+    workdir, _ = first
+    _, again = run(workdir)
+    children = child_runs(MlflowClient(again.tracking_uri), again)
+    cached = {name: r.data.tags["bertflow.cached"] for name, r in children.items()}
+    assert cached == dict.fromkeys(STAGES | TUNE_STAGES, "True")
+    assert again.registration is not None and again.registration["version"] == "1"
+
+
+def test_finetune_change_reruns_only_downstream(first: tuple[Path, PipelineResult]) -> None:
+    workdir, _ = first
+    _, changed = run(workdir, "finetune.lr=0.0003")
+    children = child_runs(MlflowClient(changed.tracking_uri), changed)
+    recomputed = {name for name, r in children.items() if r.data.tags["bertflow.cached"] == "False"}
+    assert recomputed == TUNE_STAGES | {"register"}
+
+
+def test_bad_glue_file_fails_and_registers_nothing(
+    tmp_path: Path, first: tuple[Path, PipelineResult]
+) -> None:
+    workdir, _ = first
+    broken = tmp_path / "data"
+    src = workdir / "demo-data" / "data"
+    for path in src.rglob("*"):
+        if path.is_file():
+            dst = broken / path.relative_to(src)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(path.read_bytes())
+    train = broken / "glue" / "MRPC" / "train.tsv"
+    lines = train.read_text().splitlines()
+    lines[3] = "\t".join(lines[3].split("\t")[:3])  # drop two columns on line 4
+    train.write_text("\n".join(lines) + "\n")
+    client = MlflowClient(f"sqlite:///{workdir.resolve() / 'mlflow.db'}")
+    versions_before = len(client.search_model_versions("name = 'pipeline-test'"))
+    with pytest.raises(ValueError, match=r"MRPC.*train\.tsv.*line 4"):
+        run(workdir, f"finetune.data_dir={broken}", f"evaluate.data_dir={broken}", "finetune.lr=0.0004")
+    assert len(client.search_model_versions("name = 'pipeline-test'")) == versions_before
+    failed = client.search_runs(
+        [client.get_experiment_by_name("bertflow").experiment_id],
+        filter_string="attributes.status = 'FAILED'",
+    )
+    assert {r.info.run_name for r in failed} >= {"pipeline-tiny", "finetune-pretrained"}
