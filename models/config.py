@@ -39,6 +39,11 @@ class EncoderConfig:
     layer_norm_eps: float = 1e-12
     norm: Literal["post", "pre"] = "post"  # post-LN = original BERT; pre-LN trains more stably when deep
     pad_id: int = 0
+    positions: Literal["learned", "sinusoidal", "rotary"] = "learned"  # BERT learns absolute positions
+    ffn: Literal["gelu", "geglu"] = "gelu"  # geglu: GELU(xW) * (xV), intermediate_size is its width
+    bias: bool = True  # biases on the encoder's linear and LayerNorm layers
+    doc_attention: bool = False  # packed rows: tokens attend only inside their own [SEP]-ended document
+    sep_id: int = 3  # the [SEP] id that ends a document (doc_attention derives documents from it)
 
     def __post_init__(self) -> None:
         for name in (
@@ -56,15 +61,29 @@ class EncoderConfig:
                 f"EncoderConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_heads ({self.num_heads})"
             )
-        if self.norm not in ("post", "pre"):
-            raise ConfigError(f"EncoderConfig.norm must be 'post' or 'pre', got {self.norm!r}")
+        for name, allowed in (
+            ("norm", ("post", "pre")),
+            ("positions", ("learned", "sinusoidal", "rotary")),
+            ("ffn", ("gelu", "geglu")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"EncoderConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
+        if self.positions == "rotary" and (self.hidden_size // self.num_heads) % 2:
+            raise ConfigError(
+                f"EncoderConfig: rotary positions need an even head size, got "
+                f"{self.hidden_size} / {self.num_heads} = {self.hidden_size // self.num_heads}"
+            )
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"EncoderConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ConfigError(
-                f"EncoderConfig.pad_id {self.pad_id} is outside the vocabulary (0..{self.vocab_size - 1})"
-            )
+        for name in ("pad_id", "sep_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(
+                    f"EncoderConfig.{name} {getattr(self, name)} is outside the vocabulary "
+                    f"(0..{self.vocab_size - 1})"
+                )
 
     @classmethod
     def from_size(cls, size: str, *, vocab_size: int, **overrides: Any) -> EncoderConfig:

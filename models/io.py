@@ -18,12 +18,18 @@ from torch import Tensor, nn
 from models.config import EncoderConfig
 from models.heads import HeadSpec
 from models.multitask import MultiTaskModel
-from models.pretraining import BertForMaskedLM
+from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-MODEL_TYPES = {BertForMaskedLM: "bert_mlm", MultiTaskModel: "bert_multitask"}
-RESERVED_KEYS = ("model_type", "encoder", "heads")
+MODEL_TYPES = {
+    BertForMaskedLM: "bert_mlm",
+    BertForPreTraining: "bert_pretraining",  # MLM + NSP/SOP pair head
+    ElectraForPreTraining: "electra",
+    MultiTaskModel: "bert_multitask",
+}
+PRETRAINING_TYPES = ("bert_mlm", "bert_pretraining", "electra")
+RESERVED_KEYS = ("model_type", "encoder", "heads", "generator")
 
 
 class CheckpointError(ValueError):
@@ -65,6 +71,8 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     config: dict[str, Any] = {"model_type": model_type, "encoder": model.cfg.to_dict(), "heads": {}}
     if isinstance(model, MultiTaskModel):
         config["heads"] = {name: spec.to_dict() for name, spec in model.head_specs.items()}
+    if isinstance(model, ElectraForPreTraining):
+        config["generator"] = model.generator_cfg.to_dict()
     return config
 
 
@@ -101,14 +109,20 @@ def load_encoder_state_dict(dir: Path | str) -> dict[str, Tensor]:
     return {k[len("encoder.") :]: v for k, v in read_weights(dir).items() if k.startswith("encoder.")}
 
 
-def load_pretraining(dir: Path | str) -> BertForMaskedLM:
-    """Rebuild the BertForMaskedLM saved in ``dir``."""
+def load_pretraining(dir: Path | str) -> BertForMaskedLM | ElectraForPreTraining:
+    """Rebuild the pre-training model saved in ``dir`` (MLM, MLM + pair head, or ELECTRA)."""
     config = read_config(dir)
-    if config["model_type"] != "bert_mlm":
+    model_type = config["model_type"]
+    if model_type not in PRETRAINING_TYPES:
         raise CheckpointError(
-            f"{Path(dir) / CONFIG}: model_type is {config['model_type']!r}, expected 'bert_mlm'"
+            f"{Path(dir) / CONFIG}: model_type is {model_type!r}, expected one of {PRETRAINING_TYPES}"
         )
-    model = BertForMaskedLM(EncoderConfig.from_dict(config["encoder"]))
+    cfg = EncoderConfig.from_dict(config["encoder"])
+    model: BertForMaskedLM | ElectraForPreTraining
+    if model_type == "electra":
+        model = ElectraForPreTraining(cfg, EncoderConfig.from_dict(config["generator"]))
+    else:
+        model = BertForPreTraining(cfg) if model_type == "bert_pretraining" else BertForMaskedLM(cfg)
     model.load_state_dict(read_weights(dir), strict=True)
     return model
 

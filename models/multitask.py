@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 from torch import Tensor, nn
 
@@ -30,9 +31,10 @@ class MultiTaskModel(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, heads: Mapping[str, HeadSpec]) -> None:
         super().__init__()
-        self.cfg = cfg
+        # one example per row here: a [SEP] between a sentence pair must not cut attention
+        self.cfg = replace(cfg, doc_attention=False)
         self.head_specs: dict[str, HeadSpec] = dict(heads)
-        self.encoder = BertEncoder(cfg)
+        self.encoder = BertEncoder(self.cfg)
         self.heads = nn.ModuleDict({name: build_head(cfg, spec) for name, spec in self.head_specs.items()})
 
     def forward(

@@ -184,3 +184,223 @@ def test_no_weight_decay_on_biases_and_layer_norms() -> None:
     assert id(model.encoder.layers[0].attention.qkv.bias) in no_decay_ids
     assert id(model.encoder.layers[0].attention.qkv.weight) not in no_decay_ids
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_param_groups_scale_the_scheduled_lr_and_frozen_params_stay_put() -> None:
+    model = tiny_model()
+    model.encoder.embeddings.position.weight.requires_grad_(False)
+    frozen_before = model.encoder.embeddings.position.weight.clone()
+    head = list(model.mlm_head.parameters())
+    head_ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if id(p) not in head_ids]
+    head_before = [p.clone() for p in head]
+    groups = [{"params": rest, "lr_scale": 0.5}, {"params": head, "lr_scale": 0.0, "weight_decay": 0.0}]
+    sink = MemorySink()
+    cfg = LoopConfig(max_steps=3, lr=1e-2, warmup_ratio=0.0, log_every=1)
+    fit(model, MLMObjective(), ToySource(), cfg, sink, param_groups=groups)
+    assert [v for _, v in sink.series("lr")] == pytest.approx([1e-2, 1e-2 * 2 / 3, 1e-2 / 3])
+    assert torch.equal(model.encoder.embeddings.position.weight, frozen_before)  # no update, no decay
+    assert all(torch.equal(a, b) for a, b in zip(head, head_before, strict=True))  # lr_scale 0
+    assert not torch.equal(
+        model.encoder.layers[0].attention.qkv.weight, tiny_model().encoder.layers[0].attention.qkv.weight
+    )
+
+
+def test_param_groups_reject_unknown_keys() -> None:
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"param_groups\[0\]"):
+        fit(model, MLMObjective(), ToySource(), LoopConfig(max_steps=1, lr=1e-3), NullSink(),
+            param_groups=[{"params": model.parameters(), "lr": 1.0}])  # fmt: skip
+
+
+def test_step_hook_can_unfreeze_a_layer_that_started_frozen() -> None:
+    calls: list[int] = []
+
+    def unfreeze_at_2(step: int, model: torch.nn.Module) -> None:
+        calls.append(step)
+        for p in model.encoder.layers[0].parameters():
+            p.requires_grad_(step >= 2)
+
+    initial = tiny_model().encoder.layers[0].attention.qkv.weight
+    for steps, changed in ((2, False), (4, True)):
+        model = tiny_model()
+        calls.clear()
+        fit(model, MLMObjective(), ToySource(), LoopConfig(max_steps=steps, lr=1e-2), NullSink(),
+            step_hook=unfreeze_at_2)  # fmt: skip
+        assert calls == list(range(steps))
+        assert torch.equal(model.encoder.layers[0].attention.qkv.weight, initial) != changed
+
+
+def test_metrics_are_averaged_over_the_steps_that_report_them() -> None:
+    def alternating(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        loss, _ = MLMObjective()(model, batch)
+        task = "a" if int(batch["input_ids"][0, 0]) == 2 and alternating.n % 2 == 0 else "b"
+        alternating.n += 1
+        return loss, {f"loss/{task}": torch.tensor(1.0 if task == "a" else 3.0)}
+
+    alternating.n = 0  # type: ignore[attr-defined]
+    sink = MemorySink()
+    fit(
+        tiny_model(),
+        alternating,
+        ToySource(),
+        LoopConfig(max_steps=4, lr=1e-3, log_every=4, grad_accum=2),
+        sink,
+    )
+    ((_, logged),) = sink.history
+    assert logged["loss/a"] == 1.0 and logged["loss/b"] == 3.0
+
+
+# ---- optimizers, budgets, MFU, signals, crash-safe checkpoints, DDP ---------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
+
+from tasks.engine import checkpoint as checkpoint_module  # noqa: E402
+from tasks.engine.loop import TrainingInterrupted  # noqa: E402
+from tasks.engine.optim import Lamb  # noqa: E402
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
+
+
+def test_lamb_trains_and_scales_updates_by_the_trust_ratio() -> None:
+    sink = MemorySink()
+    cfg = LoopConfig(max_steps=40, lr=5e-2, warmup_ratio=0.05, log_every=10, optimizer="lamb")
+    fit(tiny_model(dropout=0.0), MLMObjective(), ToySource(same_mask=True), cfg, sink)
+    losses = [v for _, v in sink.series("loss")]
+    assert losses[-1] < 0.5 * losses[0]
+    # one step moves each tensor by lr * ||w|| (trust ratio), whatever the gradient's scale
+    w = torch.nn.Parameter(torch.full((4, 4), 2.0))
+    w.grad = torch.full((4, 4), 1e-3)
+    before = w.detach().clone()
+    Lamb([w], lr=0.1).step()
+    assert float((before - w.detach()).norm()) == pytest.approx(0.1 * float(before.norm()), rel=1e-3)
+
+
+def test_token_budget_fits_the_schedule_and_stops() -> None:
+    sink = MemorySink()  # ToySource: 96 real tokens per step
+    cfg = LoopConfig(max_steps=1000, lr=1e-3, max_tokens=960, warmup_ratio=0.0, log_every=1)
+    result = fit(tiny_model(), MLMObjective(), ToySource(), cfg, sink)
+    assert result.steps == 10 and result.stopped_early and result.stop_reason == "tokens"
+    lrs = [v for _, v in sink.series("lr")]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)  # decays to 0 at the budget
+    assert sink.last_progress == (10, 10)
+
+
+class SlowSource(ToySource):
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        time.sleep(0.03)
+        return super().batch(step)
+
+
+def test_minutes_budget_fits_the_schedule_to_the_deadline() -> None:
+    sink = MemorySink()
+    cfg = LoopConfig(max_steps=10_000, lr=1e-3, max_minutes=0.9 / 60, calibration_steps=3, log_every=1,
+                     warmup_ratio=0.0)  # fmt: skip
+    result = fit(tiny_model(), MLMObjective(), SlowSource(), cfg, sink)
+    assert result.stop_reason == "minutes" and result.stopped_early
+    assert 8 <= result.steps <= 30  # ~0.9 s of ~0.035 s steps
+    lrs = [v for _, v in sink.series("lr")]
+    assert lrs[2] == pytest.approx(1e-3, rel=0.01)  # calibration: schedule still sized for max_steps
+    assert lrs[-1] < 0.25e-3  # fitted: near zero by the deadline instead of ~1e-3
+
+
+def test_mfu_and_tokens_per_second_are_logged() -> None:
+    sink = MemorySink()
+    cfg = LoopConfig(max_steps=2, lr=1e-3, log_every=2, peak_flops=1e12)
+    fit(tiny_model(), MLMObjective(), ToySource(), cfg, sink)
+    metrics = sink.history[-1][1]
+    assert 0.0 < metrics["mfu"] < 1.0 and metrics["tokens_per_s"] > 0
+
+
+def test_sigterm_checkpoints_then_raises_and_resume_is_exact(tmp_path: Path) -> None:
+    cfg = LoopConfig(max_steps=8, lr=1e-3, seed=3, checkpoint_every=100)
+    straight = tiny_model()
+    fit(straight, MLMObjective(), ToySource(), cfg, NullSink())
+
+    def terminate_at_3(step: int, model: torch.nn.Module) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as err:
+        fit(
+            tiny_model(),
+            MLMObjective(),
+            ToySource(),
+            cfg,
+            NullSink(),
+            checkpoint_dir=tmp_path,
+            step_hook=terminate_at_3,
+        )
+    assert isinstance(err.value, SystemExit) and err.value.code == 128 + signal.SIGTERM
+    assert err.value.step == 4 and torch.load(tmp_path / STATE_FILE, weights_only=True)["step"] == 4
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored
+    resumed = tiny_model()
+    assert (
+        fit(resumed, MLMObjective(), ToySource(), cfg, NullSink(), checkpoint_dir=tmp_path).resumed_from == 4
+    )
+    assert same_weights(straight, resumed)
+
+
+def test_a_kill_between_state_and_weights_rename_still_resumes(tmp_path: Path, monkeypatch) -> None:
+    cfg = LoopConfig(max_steps=6, lr=1e-3, checkpoint_every=2)
+    straight = tiny_model()
+    fit(straight, MLMObjective(), ToySource(), cfg, NullSink())
+    real_replace, calls = os.replace, []
+
+    def dies_on_the_weights_rename(src, dst) -> None:
+        if Path(dst).name == WEIGHTS_FILE and len(calls) >= 1:
+            raise KeyboardInterrupt("SIGKILL")  # the step-4 save dies after committing its state
+        if Path(dst).name == WEIGHTS_FILE:
+            calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", dies_on_the_weights_rename)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(), MLMObjective(), ToySource(), cfg, NullSink(), checkpoint_dir=tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / checkpoint_module.PENDING_WEIGHTS_FILE).is_file()
+    resumed = tiny_model()
+    assert (
+        fit(resumed, MLMObjective(), ToySource(), cfg, NullSink(), checkpoint_dir=tmp_path).resumed_from == 4
+    )
+    assert same_weights(straight, resumed)
+
+
+def test_ddp_world_of_one_on_gloo_matches_the_plain_run(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    cfg = LoopConfig(max_steps=4, lr=1e-3, grad_accum=2)
+    plain = tiny_model()
+    fit(plain, MLMObjective(), ToySource(), cfg, NullSink())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = tiny_model()
+        sink = MemorySink()
+        fit(ddp, MLMObjective(), ToySource(), cfg, sink, checkpoint_dir=tmp_path / "ckpt")
+    finally:
+        dist.destroy_process_group()
+    assert same_weights(plain, ddp) and sink.history  # rank 0 logs and checkpoints
+    assert (tmp_path / "ckpt" / STATE_FILE).is_file()
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_on_cpu() -> None:
+    """~40 s on 2 CPU cores (Inductor compiles C++ kernels); the same loss as eager to fp tolerance."""
+    cfg = LoopConfig(max_steps=3, lr=1e-3, log_every=3)
+    eager, compiled = MemorySink(), MemorySink()
+    fit(tiny_model(dropout=0.0), MLMObjective(), ToySource(), cfg, eager)
+    fit(
+        tiny_model(dropout=0.0),
+        MLMObjective(),
+        ToySource(),
+        LoopConfig(**{**cfg.__dict__, "compile": True}),
+        compiled,
+    )
+    assert compiled.series("loss")[0][1] == pytest.approx(eager.series("loss")[0][1], rel=1e-4)

@@ -159,3 +159,126 @@ def test_packed_reader_reads_int32_rows(tmp_path: Path) -> None:
     rows = random_rows(3, 8, seed=9).numpy()
     packed = PackedSequences(write_pack(tmp_path, rows, dtype="int32"), "train")
     assert torch.equal(packed.take(np.array([2, 0])), torch.from_numpy(rows[[2, 0]]))
+
+
+# ---- whole-word and span masking ------------------------------------------------------------
+
+from tasks.engine.masking import continuation_lookup, select_spans, span_length_probs  # noqa: E402
+
+CONTINUATION = torch.zeros(VOCAB, dtype=torch.bool)
+CONTINUATION[500:] = True  # ids >= 500 are "##" pieces in these tests
+
+
+def words_of(row: torch.Tensor) -> list[list[int]]:
+    """Positions of each word in a row: a regular id < 500 opens a word, ids >= 500 continue it."""
+    words: list[list[int]] = []
+    for t, token in enumerate(row.tolist()):
+        if token in SPECIALS:
+            words.append([])
+        elif token >= 500 and words and words[-1]:
+            words[-1].append(t)
+        else:
+            words.append([t])
+    return [w for w in words if w]
+
+
+def test_whole_word_masking_selects_every_piece_of_a_chosen_word() -> None:
+    ids = random_rows(32, 64, seed=10)
+    selected = n_regular = 0
+    for seed in range(5):
+        _, labels = mask(ids, seed, strategy="word", is_continuation=CONTINUATION, mask_rate=0.3)
+        chosen = labels != IGNORE_INDEX
+        for r in range(ids.size(0)):
+            for word in words_of(ids[r]):
+                assert len({bool(chosen[r, t]) for t in word}) == 1, "a word was partly masked"
+        assert not (chosen & torch.isin(ids, torch.tensor(SPECIALS))).any()
+        selected += int(chosen.sum())
+        n_regular += int((~torch.isin(ids, torch.tensor(SPECIALS))).sum())
+    assert selected / n_regular == pytest.approx(0.3, abs=0.03)
+    with pytest.raises(ValueError, match="is_continuation"):
+        mask(ids, 0, strategy="word")
+
+
+def test_span_lengths_follow_spanberts_truncated_geometric() -> None:
+    probs = span_length_probs(0.2, 10)
+    assert probs.shape == (10,) and float(probs.sum()) == pytest.approx(1.0)
+    assert float((probs * torch.arange(1, 11)).sum()) == pytest.approx(3.8, abs=0.05)  # SpanBERT's mean
+    assert float(probs[1] / probs[0]) == pytest.approx(0.8)
+
+
+def test_span_masking_hits_the_rate_with_contiguous_whole_word_spans() -> None:
+    ids = random_rows(16, 128, seed=11)
+    ids[:, 60] = SEP  # a document boundary inside every row
+    gen = torch.Generator().manual_seed(0)
+    candidates = ~torch.isin(ids, torch.tensor(SPECIALS))
+    chosen = select_spans(ids, candidates, CONTINUATION, gen, mask_rate=0.15)
+    assert not (chosen & ~candidates).any()
+    for r in range(ids.size(0)):
+        budget = round(0.15 * int(candidates[r].sum()))
+        longest_word = max(len(w) for w in words_of(ids[r]))
+        assert budget <= int(chosen[r].sum()) <= budget + longest_word
+        for word in words_of(ids[r]):
+            assert len({bool(chosen[r, t]) for t in word}) == 1
+    # spans, not scattered tokens: masked runs average well over one word
+    flat = torch.nn.functional.pad(chosen, (1, 0)).int()
+    runs = int((flat[:, 1:] - flat[:, :-1] == 1).sum())
+    assert int(chosen.sum()) / runs > 3.0
+
+
+def test_span_masking_through_mask_tokens_and_high_rates() -> None:
+    ids = random_rows(8, 128, seed=12)
+    masked, labels = mask(ids, 0, strategy="span", is_continuation=CONTINUATION, mask_rate=0.4)
+    chosen = labels != IGNORE_INDEX
+    n_regular = int((~torch.isin(ids, torch.tensor(SPECIALS))).sum())
+    assert int(chosen.sum()) / n_regular == pytest.approx(0.4, abs=0.05)
+    assert torch.equal(masked[~chosen], ids[~chosen])
+
+
+def test_continuation_lookup_from_a_wordpiece_vocab() -> None:
+    lookup = continuation_lookup({"[PAD]": 0, "play": 5, "##ing": 6, "##": 7, "#": 8}, 10)
+    assert lookup.tolist() == [False] * 6 + [True] + [False] * 3
+
+
+# ---- sentence pairs ------------------------------------------------------------------------
+
+from tasks.engine.data import PairBatchSource  # noqa: E402
+
+
+def doc_rows() -> np.ndarray:
+    """Rows [CLS] d [SEP] d [SEP] ... [PAD]: documents of increasing ids, so order is checkable."""
+    rows = np.zeros((6, 24), dtype=np.int64)
+    for r in range(6):
+        row = [CLS, *range(10 + r * 30, 18 + r * 30), SEP, *range(20 + r * 30, 30 + r * 30), SEP]
+        rows[r, : len(row)] = row
+    return rows
+
+
+@pytest.mark.parametrize("task", ["sop", "nsp"])
+def test_pair_rows_have_segments_types_and_labels(task: str, tmp_path: Path) -> None:
+    rows = doc_rows()
+    source = PairBatchSource(PackedSequences(write_pack(tmp_path, rows), "train"), 6, seed=0, task=task)
+    gen = torch.Generator().manual_seed(1)
+    labels = []
+    for row in np.tile(rows, (5, 1)):
+        ids, types, label = source.pair_row(row, gen)
+        labels.append(label)
+        real = ids[ids != PAD]
+        assert real[0] == CLS and real[-1] == SEP and len(ids) == 24
+        boundary = int(np.flatnonzero(types)[0])  # first token of segment B
+        assert (
+            real[boundary - 1] == SEP
+            and (types[:boundary] == 0).all()
+            and (types[boundary : len(real)] == 1).all()
+        )
+        first, second = real[1:boundary], real[boundary:]
+        content = [t for t in row[1:] if t not in (PAD, SEP)]
+        words = lambda seg: [t for t in seg if t != SEP]  # noqa: E731
+        if label == 0:  # in order: A then B is the row itself, cut inside a document
+            assert words(first) + words(second) == content
+        elif task == "sop":  # swapped
+            assert words(second) + words(first) == content
+        else:  # nsp: A is a prefix of the row, B comes from elsewhere
+            assert words(first) == content[: len(words(first))]
+    assert 10 <= sum(labels) <= 20  # roughly balanced
+    batch = source.batch(0)
+    assert batch["pair_labels"].shape == (6,) and batch["token_type_ids"].max() == 1

@@ -189,3 +189,146 @@ def test_missing_or_broken_checkpoint_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert_mlm", "encoder": tiny().to_dict()}))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: missing"):
         load_pretraining(tmp_path)
+
+
+# ---- architecture options -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"positions": "sinusoidal"},
+        {"positions": "rotary", "norm": "pre"},
+        {"ffn": "geglu"},
+        {"bias": False},
+        {"doc_attention": True},
+    ],
+)
+def test_every_option_trains_and_round_trips(options: dict, tmp_path: Path) -> None:
+    ids, mask = ids_and_mask()
+    model = BertForMaskedLM(tiny(**options, dropout=0.0, attention_dropout=0.0))
+    model(ids, None, mask, torch.tensor([1, 2, 20])).logsumexp(-1).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "token_type" not in n), options
+    save_checkpoint(tmp_path, model)
+    loaded = load_pretraining(tmp_path)
+    assert loaded.cfg == model.cfg
+    assert torch.equal(model.eval()(ids, None, mask), loaded.eval()(ids, None, mask))
+
+
+def test_position_options_change_the_parameters() -> None:
+    learned, sinusoidal, rotary = (
+        BertEncoder(tiny(positions=p)) for p in ("learned", "sinusoidal", "rotary")
+    )
+    assert "embeddings.position.weight" in learned.state_dict()
+    for enc in (sinusoidal, rotary):  # fixed tables are rebuilt from the config, not saved
+        assert not any("position" in k or "sinusoid" in k or "rotary" in k for k in enc.state_dict())
+    assert (
+        sum(p.numel() for p in sinusoidal.parameters())
+        == sum(p.numel() for p in learned.parameters()) - 512 * 32
+    )
+
+
+def test_sinusoidal_positions_make_the_encoder_order_aware() -> None:
+    encoder = BertEncoder(tiny(positions="sinusoidal")).eval()
+    ids = torch.tensor([[7, 8, 9, 10]])
+    assert not torch.allclose(encoder(ids)[0, 0], encoder(ids.flip(1))[0, 3], atol=1e-4)
+
+
+def test_rotary_scores_depend_only_on_the_offset() -> None:
+    from models.encoder import Rotary, apply_rotary
+
+    cos, sin = Rotary(tiny(positions="rotary"))(20)  # head size 8
+    q, k = torch.randn(1, 1, 1, 8).expand(1, 1, 20, 8), torch.randn(1, 1, 1, 8).expand(1, 1, 20, 8)
+    scores = apply_rotary(q, cos, sin) @ apply_rotary(k, cos, sin).transpose(-1, -2)  # (1, 1, 20, 20)
+    assert torch.allclose(scores[0, 0, 3, 1], scores[0, 0, 12, 10], atol=1e-4)  # offset 2 both
+    assert not torch.allclose(scores[0, 0, 3, 1], scores[0, 0, 3, 2], atol=1e-4)
+    with pytest.raises(ConfigError, match="even head size"):
+        EncoderConfig(
+            vocab_size=60, hidden_size=36, num_layers=1, num_heads=4, intermediate_size=8, positions="rotary"
+        )
+
+
+def test_geglu_and_bias_options_shape_the_ffn() -> None:
+    geglu = BertEncoder(tiny(ffn="geglu")).layers[0].ffn
+    assert geglu.up.weight.shape == (128, 32) and geglu.down.weight.shape == (32, 64)
+    no_bias = BertEncoder(tiny(bias=False))
+    assert not [n for n, _ in no_bias.named_parameters() if n.endswith("bias")]
+
+
+def test_document_ids_from_separators() -> None:
+    from models.encoder import document_ids, document_mask
+
+    ids = torch.tensor([[2, 7, 8, 3, 9, 3, 0, 0]])
+    mask = (ids != 0).long()
+    docs = document_ids(ids, 3, mask)
+    assert docs.tolist() == [[0, 0, 0, 0, 1, 1, -1, -1]]
+    allowed = document_mask(docs)[0, 0]
+    assert allowed[1, 3] and not allowed[1, 4] and allowed[5, 4] and not allowed[4, 6] and allowed[7, 6]
+
+
+def test_doc_attention_isolates_packed_documents() -> None:
+    ids = torch.tensor([[2, 7, 8, 3, 9, 10, 11, 3]])  # [CLS] a a [SEP] | b b b [SEP]
+    other = ids.clone()
+    other[0, 4:7] = torch.tensor([30, 31, 32])  # change only the second document
+    for doc_attention, isolated in ((True, True), (False, False)):
+        encoder = BertEncoder(tiny(doc_attention=doc_attention)).eval()
+        first_doc = encoder(ids)[0, :4], encoder(other)[0, :4]
+        assert torch.allclose(*first_doc, atol=1e-5) == isolated
+    encoder = BertEncoder(tiny(doc_attention=True)).eval()
+    explicit = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    assert torch.allclose(encoder(ids), encoder(ids, doc_ids=explicit), atol=1e-6)
+
+
+def test_multitask_model_never_masks_by_document() -> None:
+    model = MultiTaskModel(tiny(doc_attention=True), HEADS)
+    assert model.cfg.doc_attention is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention block masks run on CUDA only")
+def test_flex_document_mask_matches_the_dense_mask_on_cuda() -> None:
+    torch.manual_seed(0)
+    cfg = EncoderConfig(vocab_size=60, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
+                        doc_attention=True, attention_dropout=0.0)  # fmt: skip
+    encoder = BertEncoder(cfg).cuda().eval()
+    ids = torch.randint(5, 60, (2, 200), device="cuda")
+    ids[:, [50, 120, 199]] = 3
+    flex = encoder(ids)
+    dense_mask = encoder.attention_mask(ids.cpu(), None, None)  # CPU -> dense boolean mask
+    x = encoder.embeddings(ids, torch.zeros_like(ids))
+    for layer in encoder.layers:
+        x = layer(x, dense_mask.cuda(), None)
+    assert torch.allclose(flex, x, atol=1e-4)
+
+
+def test_pair_head_and_electra_models() -> None:
+    from models.pretraining import BertForPreTraining, ElectraForPreTraining, generator_config
+
+    ids, mask = ids_and_mask()
+    pair_model = BertForPreTraining(tiny())
+    logits, pair = pair_model(ids, None, mask, torch.tensor([0, 5]), return_pair=True)
+    assert logits.shape == (2, 60) and pair.shape == (3, 2)
+    gen_cfg = generator_config(tiny(), 0.25)
+    assert (gen_cfg.hidden_size, gen_cfg.num_heads, gen_cfg.intermediate_size) == (8, 1, 16)
+    electra = ElectraForPreTraining(tiny(), gen_cfg)
+    positions = torch.tensor([1, 2, 12])
+    gen_logits, disc, replaced = electra(ids, None, mask, positions, ids.reshape(-1)[positions])
+    assert gen_logits.shape == (3, 60) and disc.shape == (3, 9) and replaced.shape == (3, 9)
+    assert not replaced.reshape(-1)[[0, 3, 4, 5]].any()  # never-masked positions are never "replaced"
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_flex_block_mask_equals_the_dense_document_mask() -> None:
+    """The CUDA path's BlockMask, checked with eager flex_attention on CPU against SDPA + dense mask."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from models.encoder import document_block_mask, document_ids, document_mask
+
+    ids = torch.randint(5, 60, (2, 200), generator=torch.Generator().manual_seed(0))
+    ids[:, [50, 120, 199]] = 3
+    mask = torch.ones_like(ids)
+    mask[1, 150:] = 0
+    docs = document_ids(ids, 3, mask)
+    q, k, v = (torch.randn(2, 4, 200, 16) for _ in range(3))
+    flex = flex_attention(q, k, v, block_mask=document_block_mask(docs))
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(docs))
+    assert torch.allclose(flex, dense, atol=1e-5)

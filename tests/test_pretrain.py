@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from models.io import load_pretraining, read_config
+from models.pretraining import BertForMaskedLM
 from tasks.artifacts import Artifact
 from tasks.engine.sink import MemorySink
 from tasks.pretrain import PretrainConfig, pretrain
@@ -184,3 +185,134 @@ def test_config_is_strict() -> None:
         PretrainConfig(hidden=3)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="size"):
         PretrainConfig(size="giant")  # type: ignore[arg-type]
+
+
+# ---- objectives, options, budgets and a real SIGKILL ------------------------------------------
+
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from models.pretraining import BertForPreTraining, ElectraForPreTraining  # noqa: E402
+
+QUICK = CFG.model_copy(update={"max_steps": 6, "eval_every": 0, "checkpoint_every": 0, "log_every": 3})
+
+
+@pytest.mark.parametrize(
+    ("update", "model_type", "val_key"),
+    [
+        ({"objective": "wwm", "mask_rate": 0.3}, BertForMaskedLM, "val_mlm_accuracy"),
+        (
+            {"objective": "span", "positions": "rotary", "ffn": "geglu", "bias": False},
+            BertForMaskedLM,
+            "val_loss",
+        ),
+        (
+            {"objective": "mlm", "doc_attention": True, "optimizer": "lamb", "lr": 1e-2},
+            BertForMaskedLM,
+            "val_loss",
+        ),
+        ({"objective": "mlm+sop"}, BertForPreTraining, "val_sop_accuracy"),
+        ({"objective": "mlm+nsp", "norm": "pre"}, BertForPreTraining, "val_nsp_accuracy"),
+        ({"objective": "electra", "generator_ratio": 0.5}, ElectraForPreTraining, "val_disc_accuracy"),
+    ],
+)
+def test_every_objective_runs_through_the_stage(update, model_type, val_key, inputs, tmp_path: Path) -> None:
+    cfg = QUICK.model_copy(update=update)
+    artifact = pretrain(PretrainConfig(**cfg.model_dump()), *inputs, workdir=tmp_path, sink=MemorySink())
+    model = load_pretraining(artifact.dir)
+    assert type(model) is model_type and artifact.summary["steps"] == 6
+    assert 0.0 <= artifact.summary[val_key] <= (1.0 if "accuracy" in val_key else 100.0)
+    assert artifact.summary["tokens_per_s"] > 0 and artifact.summary["mfu"] > 0
+
+
+def test_token_budget_ends_the_stage_early(inputs, tmp_path: Path) -> None:
+    cfg = QUICK.model_copy(update={"max_steps": 1000, "max_tokens": 2000, "calibration_steps": 2})
+    artifact = pretrain(cfg, *inputs, workdir=tmp_path, sink=MemorySink())
+    assert artifact.summary["stop_reason"] == "tokens" and artifact.summary["stopped_early"]
+    assert 2000 <= artifact.summary["tokens"] < 2600
+
+
+def test_config_rejects_incompatible_options() -> None:
+    with pytest.raises(ValueError, match="doc_attention"):
+        PretrainConfig(objective="mlm+sop", doc_attention=True)
+    with pytest.raises(ValueError, match="mask_rate"):
+        PretrainConfig(mask_rate=0.6)
+    with pytest.raises(ValueError, match="devices > 1"):
+        PretrainConfig(devices=2, device="cpu")
+
+
+def test_more_devices_than_gpus_is_a_clear_error(inputs, tmp_path: Path) -> None:
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has the GPUs")
+    with pytest.raises(RuntimeError, match="devices=8"):
+        pretrain(QUICK.model_copy(update={"devices": 8}), *inputs, workdir=tmp_path, sink=MemorySink())
+
+
+def test_torchrun_command_and_metric_relay(tmp_path: Path) -> None:
+    from tasks.engine.launch import JsonlSink, relay, torchrun_command
+
+    command = torchrun_command("tasks.pretrain", ["--launch-spec", "x.json"], 4)
+    assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=4" in command
+    assert command[-3:] == ["tasks.pretrain", "--launch-spec", "x.json"]
+    writer, received = JsonlSink(tmp_path / "m.jsonl"), MemorySink()
+    writer.log_metrics({"loss": 2.5}, 10)
+    offset = relay(writer.path, 0, received)
+    writer.progress(10, 20)
+    relay(writer.path, offset, received)
+    assert received.history == [(10, {"loss": 2.5})] and received.last_progress == (10, 20)
+
+
+CHILD = """
+import sys, time
+import torch
+from pathlib import Path
+from tasks.artifacts import Artifact
+from tasks.engine.sink import MemorySink
+from tasks.pretrain import PretrainConfig, pretrain
+torch.set_num_threads(1)
+class Slow(MemorySink):
+    def log_metrics(self, metrics, step):
+        time.sleep(float(sys.argv[5]))
+cfg = PretrainConfig.model_validate_json(sys.argv[1])
+packed = Artifact(stage="pack", fingerprint="pack0", path=sys.argv[2])
+tok = Artifact(stage="tokenizer", fingerprint="tok0", path=sys.argv[3])
+pretrain(cfg, packed, tok, workdir=Path(sys.argv[4]), sink=Slow())
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_relaunch_ends_with_identical_weights(inputs, tmp_path: Path) -> None:
+    """A real `kill -9` of a pre-training process after its first checkpoint (~20 s)."""
+    cfg = CFG.model_copy(update={"max_steps": 30, "checkpoint_every": 5, "log_every": 1, "eval_every": 10})
+    packed, tok = inputs
+
+    def launch(workdir: Path, delay: float) -> subprocess.Popen:
+        args = [
+            sys.executable,
+            "-c",
+            CHILD,
+            cfg.model_dump_json(),
+            packed.path,
+            tok.path,
+            str(workdir),
+            str(delay),
+        ]
+        return subprocess.Popen(args, cwd=Path(__file__).parents[1], env={**os.environ, "PYTHONPATH": "."})
+
+    child = launch(tmp_path / "killed", delay=0.2)
+    deadline = time.monotonic() + 120
+    while not list((tmp_path / "killed" / "pretrain").glob("*.ckpt/trainer_state.pt")):
+        assert child.poll() is None and time.monotonic() < deadline, "child ended before its first checkpoint"
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL
+    (state,) = (tmp_path / "killed" / "pretrain").glob("*.ckpt/trainer_state.pt")
+    assert 0 < torch.load(state, weights_only=True)["step"] < 30  # killed mid-way
+    assert launch(tmp_path / "killed", delay=0.0).wait() == 0
+    assert launch(tmp_path / "straight", delay=0.0).wait() == 0
+    (a,), (b,) = ((tmp_path / d / "pretrain").glob("*/model.safetensors") for d in ("killed", "straight"))
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tasks.engine.masking import mask_tokens
+from models.encoder import document_ids
+from tasks.engine.masking import Strategy, mask_tokens
 
 PACK_FILE = "pack.json"
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
@@ -26,6 +27,7 @@ SPECIAL_KEYS = ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")
 # Domain tags keep the permutation stream and the mask stream independent even when epoch == step.
 _PERMUTATION_STREAM = 0
 _MASK_STREAM = 1
+_PAIR_STREAM = 2
 
 
 class PackedDataError(ValueError):
@@ -107,6 +109,9 @@ class MLMBatchSource:
 
     Row order: the stream of rows is epoch 0's permutation, then epoch 1's, ...; batch ``step``
     takes positions [step*B, (step+1)*B) of that stream (a batch may straddle two epochs).
+    ``strategy`` picks token / whole-word / span masking (see masking.py; word and span need the
+    ``is_continuation`` lookup); ``with_doc_ids`` adds the (B, T) document index per token that
+    the encoder's ``doc_attention`` uses.
     """
 
     packed: PackedSequences
@@ -115,6 +120,11 @@ class MLMBatchSource:
     mask_rate: float = 0.15
     replace_prob: float = 0.8
     random_prob: float = 0.1
+    strategy: Strategy = "token"
+    is_continuation: Tensor | None = None
+    span_p: float = 0.2
+    span_max: int = 10
+    with_doc_ids: bool = False
     _permutations: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,10 +132,16 @@ class MLMBatchSource:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if len(self.packed) == 0:
             raise PackedDataError(f"{self.packed.dir}: split {self.packed.split!r} has no rows")
+        if self.strategy in ("word", "span") and self.is_continuation is None:
+            raise ValueError(f"{self.strategy} masking needs the tokenizer's is_continuation lookup")
 
     def batch(self, step: int) -> dict[str, Tensor]:
-        """input_ids / attention_mask / token_type_ids / labels, each (B, T') with T' <= seq_len."""
+        """input_ids / attention_mask / token_type_ids / labels (+ doc_ids), each (B, T'), T' <= seq_len."""
         ids = trim_padding(self.packed.take(self.row_indices(step)), self.pad_id)  # (B, T')
+        return self.masked_batch(ids, torch.zeros_like(ids), step)
+
+    def masked_batch(self, ids: Tensor, token_type_ids: Tensor, step: int) -> dict[str, Tensor]:
+        """Mask ``ids`` (B, T) with the (seed, step) mask stream and assemble the batch dict."""
         special = self.packed.special_ids
         masked, labels = mask_tokens(
             ids,
@@ -136,13 +152,21 @@ class MLMBatchSource:
             special_ids=special.values(),
             replace_prob=self.replace_prob,
             random_prob=self.random_prob,
+            strategy=self.strategy,
+            is_continuation=self.is_continuation,
+            span_p=self.span_p,
+            span_max=self.span_max,
         )
-        return {
+        attention_mask = (ids != self.pad_id).long()
+        batch = {
             "input_ids": masked,
-            "attention_mask": (ids != self.pad_id).long(),
-            "token_type_ids": torch.zeros_like(ids),
+            "attention_mask": attention_mask,
+            "token_type_ids": token_type_ids,
             "labels": labels,
         }
+        if self.with_doc_ids:
+            batch["doc_ids"] = document_ids(ids, special["sep_id"], attention_mask)
+        return batch
 
     @property
     def pad_id(self) -> int:
@@ -177,3 +201,98 @@ def trim_padding(ids: Tensor, pad_id: int) -> Tensor:
     real_columns = (ids != pad_id).any(dim=0).nonzero()  # (k, 1) indices of columns with a real token
     width = int(real_columns.max()) + 1 if real_columns.numel() else 1
     return ids[:, :width]
+
+
+@dataclass
+class PairBatchSource(MLMBatchSource):
+    """Sentence-pair batches for NSP / SOP on top of MLM, built from packed rows (B, T).
+
+    Each row [CLS] d1 [SEP] d2 [SEP] ... is cut inside one of its documents (one with >= 2
+    tokens, chosen at random, at a random point) into A (everything before the cut) and B
+    (everything after); the row becomes [CLS] A [SEP] B [SEP] with token types 0 then 1.
+    Cutting inside a document, not at an existing [SEP], is what makes the pair task about
+    coherence: A's end and B's start are consecutive text of one document. SOP (ALBERT) swaps
+    A and B for label 1; NSP (BERT) replaces B by the tail of another random row for label 1.
+    The inserted [SEP] costs one slot: a full row loses its last token.
+    """
+
+    task: Literal["sop", "nsp"] = "sop"
+
+    def batch(self, step: int) -> dict[str, Tensor]:
+        rows = self.packed.take(self.row_indices(step)).numpy()  # (B, seq_len)
+        generator = seeded_generator(self.seed, _PAIR_STREAM, step)
+        built = [self.pair_row(row, generator) for row in rows]
+        ids = torch.tensor(np.stack([b[0] for b in built]))  # (B, seq_len)
+        types = torch.tensor(np.stack([b[1] for b in built]))
+        width = trim_padding(ids, self.pad_id).size(1)
+        batch = self.masked_batch(ids[:, :width], types[:, :width], step)
+        batch["pair_labels"] = torch.tensor([b[2] for b in built], dtype=torch.long)  # (B,)
+        return batch
+
+    def pair_row(self, row: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """(ids (T,), token types (T,), label) for one packed row."""
+        first, second = split_segments(row_content(row, self.pad_id, self.packed.special_ids["cls_id"]),
+                                       self.packed.special_ids["sep_id"], generator)  # fmt: skip
+        label = int(torch.randint(2, (1,), generator=generator))
+        if label and self.task == "sop":
+            first, second = second, first
+        elif label:  # nsp: B from another row, starting at a random point
+            other = int(torch.randint(len(self.packed), (1,), generator=generator))
+            content = row_content(self.packed.take(np.array([other])).numpy()[0], self.pad_id, 2)
+            start = int(torch.randint(max(len(content) - 1, 1), (1,), generator=generator))
+            second = content[start:]
+        ids, types = assemble_pair(first, second, len(row), self.packed.special_ids, self.pad_id)
+        return ids, types, label
+
+
+def row_content(row: np.ndarray, pad_id: int, cls_id: int) -> np.ndarray:
+    """A packed row without its leading [CLS] and trailing padding."""
+    real = row[row != pad_id]
+    return real[1:] if len(real) and real[0] == cls_id else real
+
+
+def split_segments(
+    content: np.ndarray, sep_id: int, generator: torch.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``content`` inside a random document of >= 2 tokens: (A, B), A without a closing [SEP]."""
+    seps = np.flatnonzero(content == sep_id)
+    begins = np.concatenate([[0], seps + 1])[: len(seps) + 1]
+    ends = np.concatenate([seps, [len(content)]])  # exclusive, the [SEP] itself excluded
+    splittable = np.flatnonzero(ends - begins >= 2)
+    if len(splittable) == 0:  # nothing to cut inside: an (almost) empty row
+        cut = min(1, len(content))
+    else:
+        doc = int(splittable[int(torch.randint(len(splittable), (1,), generator=generator))])
+        cut = (
+            int(begins[doc])
+            + 1
+            + int(torch.randint(int(ends[doc] - begins[doc]) - 1, (1,), generator=generator))
+        )
+    return content[:cut], content[cut:]
+
+
+def assemble_pair(
+    first: np.ndarray, second: np.ndarray, width: int, special: dict[str, int], pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """[CLS] first [SEP] second [SEP] [PAD]* of length ``width``, token types 0 then 1.
+
+    Each segment is closed by a [SEP] (inner [SEP]s, which end packed documents, stay); what does
+    not fit is cut from the end of ``second`` (or of ``first`` when it alone fills the row).
+    """
+    first = closed(first, special["sep_id"], width - 2)  # leaves room for second's [SEP]
+    second = closed(second, special["sep_id"], width - 1 - len(first))
+    pieces = np.concatenate([[special["cls_id"]], first, second])  # (<= width,)
+    ids = np.full(width, pad_id, dtype=np.int64)
+    types = np.zeros(width, dtype=np.int64)
+    ids[: len(pieces)] = pieces
+    types[1 + len(first) : len(pieces)] = 1
+    return ids, types
+
+
+def closed(segment: np.ndarray, sep_id: int, limit: int) -> np.ndarray:
+    """``segment`` ending in [SEP] and at most ``limit`` long (cut at the end, [SEP] kept last)."""
+    if not len(segment) or segment[-1] != sep_id:
+        segment = np.append(segment, sep_id)
+    if len(segment) > limit:
+        segment = np.append(segment[: limit - 1], sep_id)
+    return segment

@@ -1,0 +1,85 @@
+"""Multi-GPU launch: run a training entry point under ``torchrun`` and relay rank 0's metrics.
+
+The parent process (the Prefect task) cannot hand its metric sink to worker processes, so
+rank 0 appends metrics to a JSON-lines file and the parent replays new lines into its sink
+while it waits. SIGTERM to the parent is forwarded to torchrun (which forwards it to every
+rank, where fit() checkpoints and exits); the parent then raises TrainingInterrupted too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.engine.loop import TrainingInterrupted, termination_signals
+from tasks.engine.sink import MetricSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JsonlSink:
+    """Metric sink that appends {"step", "metrics"} / {"done", "total"} lines to a file."""
+
+    path: Path
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self._write({"step": step, "metrics": {k: float(v) for k, v in metrics.items()}})
+
+    def progress(self, done: int, total: int) -> None:
+        self._write({"done": done, "total": total})
+
+    def _write(self, record: dict) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def relay(path: Path, offset: int, sink: MetricSink) -> int:
+    """Replay complete lines written after ``offset`` into ``sink``; returns the new offset."""
+    if not path.is_file():
+        return offset
+    with path.open() as handle:
+        handle.seek(offset)
+        for line in iter(handle.readline, ""):
+            if not line.endswith("\n"):  # a line still being written: read it next time
+                break
+            offset += len(line.encode())
+            record = json.loads(line)
+            if "metrics" in record:
+                sink.log_metrics(record["metrics"], record["step"])
+            else:
+                sink.progress(record["done"], record["total"])
+    return offset
+
+
+def torchrun_command(module: str, args: Sequence[str], nproc: int) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m module args``."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        "-m", module, *args,
+    ]  # fmt: skip
+
+
+def run_torchrun(command: Sequence[str], metrics_file: Path, sink: MetricSink, poll_s: float = 1.0) -> None:
+    """Run ``command``, relaying metrics until it exits; raise on failure or on SIGTERM."""
+    process = subprocess.Popen(list(command))
+    offset = 0
+    with termination_signals() as received:
+        while process.poll() is None:
+            offset = relay(metrics_file, offset, sink)
+            if received:
+                log.warning("forwarding SIGTERM to torchrun (pid %d)", process.pid)
+                process.terminate()
+                process.wait()
+                relay(metrics_file, offset, sink)
+                raise TrainingInterrupted(-1, received[0])
+            time.sleep(poll_s)
+    relay(metrics_file, offset, sink)
+    if process.returncode != 0:
+        raise RuntimeError(f"torchrun exited with status {process.returncode}: {' '.join(command)}")
