@@ -6,6 +6,16 @@ whole in memory) and the result is saved in two forms: ``tokenizer.json`` for th
 ``vocab.txt`` / ``tokenizer_config.json`` / ``special_tokens_map.json`` trio that transformers'
 ``BertTokenizerFast`` expects, so checkpoints can be used outside the pipeline.
 
+The vocabulary is padded with ``[unused0]``, ``[unused1]``, ... (BERT's own filler names) up to
+a multiple of ``pad_vocab_multiple`` (64 by default): embedding and output matrices whose row
+count is a multiple of 64 map onto tensor-core/GEMM tiles without a ragged edge. The fillers
+are appended to the trained model's vocabulary, after every trained token, so trained ids do not
+move; they are ordinary vocabulary entries (not added tokens), so ordinary text never encodes to
+them: wordpiece/bpe pre-tokenizers split "[unused0]" at its brackets, and unigram fillers get
+the lowest score already in the vocabulary (a lower one would raise unigram's unknown-character
+penalty, which is derived from the minimum, and change how other text is split).
+``get_vocab_size()`` -- and so ``pack.json``'s ``vocab_size`` -- counts them.
+
 Special tokens sit at fixed ids ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4) because the packed
 data format and the models hard-code them; training fails loudly if they land elsewhere.
 """
@@ -31,7 +41,7 @@ from tasks.stage import StageContext, run_tracked
 log = logging.getLogger(__name__)
 
 STAGE = "tokenizer"
-VERSION = "1"
+VERSION = "2"  # 2: vocabulary padded with [unused*] to a multiple of pad_vocab_multiple
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # index == fixed id
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 _SUBWORD_PREFIX = "##"
@@ -56,6 +66,12 @@ class TokenizerConfig(BaseModel):
     )
     lowercase: bool = Field(True, description="Lowercase text (uncased model).")
     strip_accents: bool | None = Field(None, description="Strip accents; None follows `lowercase` like BERT.")
+    pad_vocab_multiple: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Pad the vocabulary with [unused*] tokens to a multiple of this (1: off).",
+    )
     model_max_length: int = Field(512, ge=8, le=1_000_000, description="Max sequence length recorded for HF.")
     max_docs: int | None = Field(None, ge=1, description="Train on the first N documents only (None: all).")
     batch_docs: int = Field(1000, ge=1, le=1_000_000, description="Documents per batch fed to the trainer.")
@@ -71,9 +87,12 @@ def train_tokenizer(
         tokenizer = _new_tokenizer(cfg)
         tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), _trainer(cfg), length=total)
         _check_special_ids(tokenizer, "trained tokenizer")
+        trained = tokenizer.get_vocab_size()
+        tokenizer = pad_vocab(tokenizer, cfg.pad_vocab_multiple)
         tokenizer.post_processor = _bert_template()
         _save(cfg, tokenizer, out)
         summary = {"algorithm": cfg.algorithm, "vocab_size": tokenizer.get_vocab_size(), "docs": total}
+        summary |= {"trained_vocab_size": trained, "unused_tokens": summary["vocab_size"] - trained}
         sink.log_metrics({"vocab_size": summary["vocab_size"], "docs": total}, step=0)
         log.info(
             "tokenizer: %s vocabulary of %d from %d documents", cfg.algorithm, summary["vocab_size"], total
@@ -93,6 +112,29 @@ def load_tokenizer(directory: Path | str) -> Tokenizer:
     tokenizer = Tokenizer.from_file(str(path))
     _check_special_ids(tokenizer, str(path))
     return tokenizer
+
+
+def pad_vocab(tokenizer: Tokenizer, multiple: int) -> Tokenizer:
+    """A copy of ``tokenizer`` whose model vocabulary ends with ``[unused<i>]`` fillers so that
+    its size is a multiple of ``multiple``; trained ids are unchanged."""
+    size = tokenizer.get_vocab_size()
+    missing = -size % multiple
+    if missing == 0:
+        return tokenizer
+    state = json.loads(tokenizer.to_str())
+    model = state["model"]
+    existing = set(tokenizer.get_vocab())
+    fillers = [name for name in (f"[unused{i}]" for i in range(size + missing)) if name not in existing]
+    fillers = fillers[:missing]
+    if model["type"] == "Unigram":
+        lowest = min(score for _, score in model["vocab"])
+        model["vocab"] += [[name, lowest] for name in fillers]  # list of [piece, log-prob]
+    else:
+        model["vocab"] |= {name: size + i for i, name in enumerate(fillers)}  # WordPiece / BPE: token -> id
+    padded = Tokenizer.from_str(json.dumps(state))
+    if padded.get_vocab_size() != size + missing:
+        raise ValueError(f"padding the vocabulary to {size + missing} gave {padded.get_vocab_size()} tokens")
+    return padded
 
 
 def _text_batches(cfg: TokenizerConfig, src: Path, sink: MetricSink, total: int) -> Iterator[list[str]]:

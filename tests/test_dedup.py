@@ -14,7 +14,8 @@ from tasks.corpus.minhash import (
     candidate_pairs,
     cluster_roots,
     jaccard_estimate,
-    optimal_bands,
+    recall_bands,
+    shingle_batch,
     shingle_hashes,
 )
 from tasks.corpus.shards import iter_doc_batches
@@ -69,11 +70,13 @@ def test_shingles_of_short_and_empty_texts() -> None:
     assert shingle_hashes("a b c d e f", 5).size == 2
 
 
-def test_optimal_bands_switch_at_threshold() -> None:
+def test_recall_bands_keep_pairs_at_threshold() -> None:
     for threshold in (0.5, 0.8, 0.9):
-        bands, rows = optimal_bands(threshold, 128)
-        assert bands * rows <= 128
-        assert abs((1 / bands) ** (1 / rows) - threshold) < 0.12  # where the S-curve rises
+        bands, rows = recall_bands(threshold, 128, 0.99)
+        assert bands * rows <= 128 and 1 - (1 - threshold**rows) ** bands >= 0.99
+        more_rows = 128 // (rows + 1)  # one more row per band would drop below the recall target
+        assert 1 - (1 - threshold ** (rows + 1)) ** more_rows < 0.99
+    assert recall_bands(0.8, 128, 0.99) == (21, 6)
 
 
 def test_candidate_pairs_and_clusters() -> None:
@@ -138,3 +141,26 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="exceeds num_perm"):
         DedupConfig(bands=20, rows=10, num_perm=128)
     assert DedupConfig(bands=16, rows=8).banding() == (16, 8)
+
+
+def test_shingle_batch_matches_per_text_shingles() -> None:
+    texts = ["a b c d e f g", "", "short text", "a b c d e f g h i"]
+    hashes, doc_of = shingle_batch(texts, 5)
+    assert hashes.dtype == np.uint32 and doc_of.tolist() == [0, 0, 0, 2, 3, 3, 3, 3, 3]
+    for i, text in enumerate(texts):
+        assert np.array_equal(np.unique(hashes[doc_of == i]), shingle_hashes(text, 5))
+    assert set(shingle_hashes("a b c d e f g", 5).tolist()) < set(shingle_hashes(texts[3], 5).tolist())
+    sig = MinHasher(16, 5, np.random.default_rng(0)).signatures(["", "x"])
+    assert (sig[0] == 0xFFFFFFFF).all() and not (sig[1] == 0xFFFFFFFF).all()
+
+
+def test_worker_processes_give_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tasks.dedup.POOL_MIN_DOCS", 2)  # use the pool even for this tiny corpus
+    rng = np.random.default_rng(7)
+    originals = [random_words(rng, 150) for _ in range(30)]
+    texts = [" ".join(w) for w in originals] + [" ".join(edit(w, [75])) for w in originals[:5]]  # J ~ 0.94
+    docs = ingest_texts(tmp_path, texts)
+    inline = dedup(DedupConfig(batch_docs=4, workers=1), docs, workdir=tmp_path / "a", sink=MemorySink())
+    pooled = dedup(DedupConfig(batch_docs=4, workers=2), docs, workdir=tmp_path / "b", sink=MemorySink())
+    assert inline.summary == pooled.summary and inline.summary["dropped_near"] == 5
+    assert inline.file("dropped.jsonl").read_text() == pooled.file("dropped.jsonl").read_text()

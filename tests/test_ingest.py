@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks.corpus.normalize import alpha_fraction, clean_text
+from tasks.corpus.normalize import alpha_fraction, clean_text, repeated_line_fraction
 from tasks.corpus.readers import CorpusFormatError
 from tasks.corpus.shards import ShardWriter, iter_doc_batches, shard_paths
 from tasks.engine.sink import MemorySink
@@ -210,3 +210,71 @@ def test_config_validation() -> None:
         IngestConfig()
     with pytest.raises(ValueError, match="max_chars"):
         IngestConfig(paths=("x",), min_chars=10, max_chars=5)
+
+
+WIKITEXT = "\n".join(  # WikiText lines keep their surrounding spaces
+    [
+        " ",
+        " = Valkyria Chronicles = ",
+        " ",
+        " Senjō no Valkyria is a tactical role playing game . ",
+        " ",
+        " = = Gameplay = = ",
+        " ",
+        " The game plays in turns on a map . ",
+        " ",
+        " = = = Units = = = ",
+        " ",
+        " Each unit has a class . ",
+        " = Tower Building = ",
+        " ",
+        " The tower is a building in the town centre . ",
+        "",
+    ]
+)
+
+
+@pytest.mark.parametrize("name", ["wiki.train.tokens", "wiki.txt.gz"])
+def test_wikitext_articles_split_on_titles(tmp_path: Path, name: str) -> None:
+    raw = WIKITEXT.encode()
+    (tmp_path / name).write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+    docs, _ = run(tmp_path, paths=(str(tmp_path / name),))  # .tokens by name, .txt.gz by sniffing
+    assert docs == {
+        f"{name}:0": "Senjō no Valkyria is a tactical role playing game .\nGameplay\n"
+        "The game plays in turns on a map .\nUnits\nEach unit has a class .",
+        f"{name}:1": "The tower is a building in the town centre .",
+    }
+    docs, _ = run(tmp_path, paths=(str(tmp_path / name),), wiki_keep_title=True)
+    assert docs[f"{name}:1"] == "Tower Building\nThe tower is a building in the town centre ."
+
+
+def test_wikitext_text_before_first_title(tmp_path: Path) -> None:
+    path = tmp_path / "w.tokens"
+    path.write_text("stray line\n = Title = \n The body of the article . \n")
+    with pytest.raises(CorpusFormatError, match=r"w\.tokens: line 1: text before the first"):
+        run(tmp_path, paths=(str(path),), format="wikitext")
+    docs, summary = run(tmp_path, paths=(str(path),), on_bad_record="skip")
+    assert list(docs.values()) == ["The body of the article ."] and summary["dropped"] == {"bad_record": 1}
+
+
+def test_repeated_line_filter(tmp_path: Path) -> None:
+    assert repeated_line_fraction("a\nb\na\na") == 0.5 and repeated_line_fraction("one line") == 0.0
+    menu = "\n".join(["Home | About | Contact", DOC_A] * 3)  # 4 of 6 lines repeat an earlier one
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in (menu, DOC_A)))
+    docs, summary = run(tmp_path, paths=(str(tmp_path / "c.jsonl"),))
+    assert list(docs.values()) == [DOC_A] and summary["dropped"] == {"repeated_lines": 1}
+    docs, _ = run(tmp_path, paths=(str(tmp_path / "c.jsonl"),), max_repeated_line_fraction=1.0)
+    assert len(docs) == 2
+
+
+def test_empty_file_counted_and_binary_file_error_or_skip(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(DOC_A)
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    with pytest.raises(CorpusFormatError, match=r"image\.txt: binary content .* on_binary_file='skip'"):
+        run(tmp_path, paths=(str(tmp_path),))
+    docs, summary = run(tmp_path, paths=(str(tmp_path),), on_binary_file="skip")
+    assert list(docs.values()) == [DOC_A]
+    assert summary["skipped_files"] == {"empty_file": 1, "binary_file": 1} and summary["files"] == 3
+    with pytest.raises(ValueError, match=r"corpus is empty .*skipped files: \{'empty_file': 1\}"):
+        run(tmp_path, paths=(str(tmp_path / "empty.jsonl"),))

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models
 from tasks.artifacts import Artifact
 from tasks.engine.sink import MemorySink
 from tasks.ingest import IngestConfig, ingest
-from tasks.tokenizer import SPECIAL_TOKENS, TokenizerConfig, load_tokenizer, train_tokenizer
+from tasks.tokenizer import SPECIAL_TOKENS, TokenizerConfig, load_tokenizer, pad_vocab, train_tokenizer
 
 WORDS = [
     "the",
@@ -59,7 +59,7 @@ def test_special_ids_and_round_trip(tmp_path: Path, algorithm: str) -> None:
     enc = tok.encode(text, add_special_tokens=False)
     assert tok.decode(enc.ids) == text
     assert tok.encode("The  BIG dog").tokens == ["[CLS]", "the", "big", "dog", "[SEP]"]
-    assert art.summary["vocab_size"] == tok.get_vocab_size() <= 150
+    assert art.summary["vocab_size"] == tok.get_vocab_size() and art.summary["trained_vocab_size"] <= 150
 
 
 def test_pair_template_type_ids(tmp_path: Path) -> None:
@@ -128,3 +128,24 @@ def test_rerun_is_cached(tmp_path: Path) -> None:
     first = train(tmp_path, docs)
     second = train(tmp_path, docs)
     assert second.cached and not first.cached and second.path == first.path
+
+
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe", "unigram"])
+def test_vocab_padded_to_multiple_of_64_with_unused_tokens(tmp_path: Path, algorithm: str) -> None:
+    docs = corpus(tmp_path)
+    art = train(tmp_path, docs, algorithm=algorithm)
+    assert load_tokenizer(art.dir).get_vocab_size() % 64 == 0 == art.summary["vocab_size"] % 64
+    unpadded = load_tokenizer(train(tmp_path, docs, algorithm=algorithm, pad_vocab_multiple=1).dir)
+    trained = unpadded.get_vocab_size()
+    tok = pad_vocab(unpadded, 64)
+    size = tok.get_vocab_size()
+    assert size % 64 == 0 and 0 < size - trained < 64
+    assert [tok.id_to_token(i) for i in range(trained, size)] == [
+        f"[unused{i}]" for i in range(size - trained)
+    ]
+    assert all(tok.id_to_token(i) == unpadded.id_to_token(i) for i in range(trained))  # trained ids kept
+    text = "the big red dog ran under a blue tree. Zürich [x]"
+    assert tok.encode(text).ids == unpadded.encode(text).ids  # padding changes no encoding
+    if algorithm != "unigram":  # (a unigram vocabulary entry can match a literal "[unused0]")
+        assert max(tok.encode("[unused0] [unused1]").ids) < trained
+    assert pad_vocab(tok, 64).get_vocab_size() == size

@@ -59,6 +59,17 @@ def alpha_fraction(text: str) -> float:
     return letters / non_space if non_space else 0.0
 
 
+def repeated_line_fraction(text: str) -> float:
+    """Share of a text's lines that repeat an earlier line of it (0.0 for one line).
+
+    Navigation menus, cookie banners, boilerplate footers and scraper loops show up as the same
+    line over and over; real prose almost never repeats a whole line (Gopher's filter drops
+    documents above 0.3).
+    """
+    lines = text.split("\n")
+    return 1.0 - len(set(lines)) / len(lines)
+
+
 @dataclass(frozen=True)
 class DocFilter:
     """Keep/drop decision with a reason, so every dropped document is accounted for."""
@@ -66,6 +77,7 @@ class DocFilter:
     min_chars: int
     max_chars: int
     min_alpha_fraction: float
+    max_repeated_line_fraction: float = 1.0
 
     def reason_to_drop(self, text: str) -> str | None:
         """None to keep ``text``; otherwise the name of the first filter it fails."""
@@ -75,4 +87,9 @@ class DocFilter:
             return "too_long"
         if self.min_alpha_fraction > 0 and alpha_fraction(text) < self.min_alpha_fraction:
             return "low_alpha"
+        if (
+            self.max_repeated_line_fraction < 1.0
+            and repeated_line_fraction(text) > self.max_repeated_line_fraction
+        ):
+            return "repeated_lines"
         return None

@@ -28,9 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-Format = Literal["txt", "jsonl", "parquet", "csv", "wiki"]
+Format = Literal["txt", "jsonl", "parquet", "csv", "wiki", "wikitext"]
 EncodingErrors = Literal["error", "replace", "skip"]
 OnBadRecord = Literal["error", "skip"]
+OnBinaryFile = Literal["error", "skip"]
 
 COMPRESSION_SUFFIXES = (".gz", ".bz2", ".zst")
 _EXTENSION_FORMATS: dict[str, Format] = {
@@ -40,10 +41,16 @@ _EXTENSION_FORMATS: dict[str, Format] = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
     ".csv": "csv",
+    ".tokens": "wikitext",  # wiki.train.tokens (WikiText-2/103)
+    ".raw": "wikitext",  # wiki.train.raw (WikiText-*-raw)
 }
 _WIKI_OPEN = re.compile(r"^<doc\b([^>]*)>\s*$")
 _WIKI_ATTR = re.compile(r'(\w+)="([^"]*)"')
+# WikiText: an article starts at a " = Title = " line; " = = Section = = " (2+ '=') stays inside it.
+_WIKITEXT_TITLE = re.compile(r"= (?!= )(.*?\S) =")
+_WIKITEXT_SECTION = re.compile(r"(?:= ){2,}(.*?\S)(?: =){2,}")
 _PARQUET_BATCH = 1024
+_SNIFF_BYTES = 8192  # head of a file inspected for format tags and NUL bytes
 
 
 class CorpusFormatError(ValueError):
@@ -68,6 +75,7 @@ class ReadOptions:
     on_bad_record: OnBadRecord = "error"
     wiki_keep_title: bool = False
     csv_delimiter: str = ","
+    on_binary_file: OnBinaryFile = "error"
 
 
 def split_compression(path: Path) -> tuple[str, str]:
@@ -91,23 +99,42 @@ def open_binary(path: Path) -> IO[bytes]:
 
 
 def detect_format(path: Path) -> Format | None:
-    """Format from the extension; plain-text and extension-less files are sniffed for WikiExtractor tags."""
+    """Format from the extension; plain-text and extension-less files are sniffed for
+    WikiExtractor ``<doc>`` tags and WikiText `` = Title = `` headings."""
     ext, _ = split_compression(path)
     fmt = _EXTENSION_FORMATS.get(ext)
     if fmt not in (None, "txt"):
         return fmt
-    if _starts_like_wikiextractor(path):
+    head = _head(path).lstrip()
+    if head.startswith(b"<doc ") or head.startswith(b"<doc>"):
         return "wiki"
+    first_line = head.split(b"\n", 1)[0].decode("utf-8", errors="replace").strip()
+    if _WIKITEXT_TITLE.fullmatch(first_line):
+        return "wikitext"
     return fmt
 
 
-def _starts_like_wikiextractor(path: Path) -> bool:
+def _head(path: Path) -> bytes:
+    """The first few KiB of a file's (decompressed) content; empty when it cannot be read."""
     try:
         with open_binary(path) as fh:
-            head = fh.read(4096).lstrip()
+            return fh.read(_SNIFF_BYTES)
     except (OSError, EOFError, zstandard.ZstdError):
-        return False
-    return head.startswith(b"<doc ") or head.startswith(b"<doc>")
+        return b""
+
+
+def unreadable_reason(path: Path, fmt: Format) -> str | None:
+    """'empty_file' for a zero-length file, 'binary_file' for a text format whose head holds NUL
+    bytes (an image or archive under a corpus directory), else None.
+
+    Text corpora never contain NUL, so one in the first KiB means decoding the file would only
+    produce garbage or a confusing UTF-8 error several megabytes in.
+    """
+    if path.stat().st_size == 0:
+        return "empty_file"
+    if fmt != "parquet" and b"\x00" in _head(path):
+        return "binary_file"
+    return None
 
 
 def decoded_lines(path: Path, opts: ReadOptions, counts: Counter[str]) -> Iterator[tuple[int, str | None]]:
@@ -145,8 +172,27 @@ def _decode_line(
 def read_file(
     path: Path, fmt: Format, source: str, opts: ReadOptions, counts: Counter[str]
 ) -> Iterator[RawDoc]:
-    """All raw documents of one file, in file order."""
-    readers = {"txt": _read_txt, "jsonl": _read_jsonl, "csv": _read_csv, "wiki": _read_wiki}
+    """All raw documents of one file, in file order.
+
+    A zero-length file yields nothing and is counted under ``empty_file``; a binary file is an
+    error naming it, or skipped and counted under ``binary_file`` when ``on_binary_file='skip'``.
+    """
+    reason = unreadable_reason(path, fmt)
+    if reason == "binary_file" and opts.on_binary_file == "error":
+        raise CorpusFormatError(
+            f"{path}: binary content (NUL bytes in the first {_SNIFF_BYTES} bytes), not a {fmt} file; "
+            "remove it from the inputs or set on_binary_file='skip'"
+        )
+    if reason is not None:
+        counts[reason] += 1
+        return iter(())
+    readers = {
+        "txt": _read_txt,
+        "jsonl": _read_jsonl,
+        "csv": _read_csv,
+        "wiki": _read_wiki,
+        "wikitext": _read_wikitext,
+    }
     if fmt == "parquet":
         return _read_parquet(path, source, opts, counts)
     return readers[fmt](path, source, opts, counts)
@@ -285,6 +331,48 @@ def _wiki_body(body: list[str], attrs: dict[str, str], opts: ReadOptions) -> str
     if lines and not opts.wiki_keep_title and html.unescape(lines[0]).strip() == title:
         lines = lines[1:]
     return "\n".join(lines)
+
+
+def _read_wikitext(path: Path, source: str, opts: ReadOptions, counts: Counter[str]) -> Iterator[RawDoc]:
+    """WikiText files: an article runs from one `` = Title = `` line to the next.
+
+    Section headings (`` = = Section = = ``, deeper ones with more '=') stay inside the article
+    as a line holding just their text; the title line is kept only with ``wiki_keep_title``.
+    Article ``n`` of a file gets the id ``<source>:<n>``.
+    """
+    body: list[str] = []
+    title: str | None = None
+    broken, n = False, 0
+    for lineno, line in decoded_lines(path, opts, counts):
+        heading = _WIKITEXT_TITLE.fullmatch(line.strip()) if line is not None else None
+        if heading is None and title is None:
+            if line is None or line.strip():
+                _bad_record(f"{path}: line {lineno}: text before the first ' = Title = ' line", opts, counts)
+            continue
+        if heading is None:
+            broken |= line is None
+            body += [_wikitext_line(line)] if line is not None and line.strip() else []
+            continue
+        if title is not None:
+            yield from _wikitext_article(f"{source}:{n}", title, body, broken, opts, counts)
+            n += 1
+        title, body, broken = heading.group(1), [], False
+    if title is not None:
+        yield from _wikitext_article(f"{source}:{n}", title, body, broken, opts, counts)
+
+
+def _wikitext_line(line: str) -> str:
+    section = _WIKITEXT_SECTION.fullmatch(line.strip())
+    return section.group(1) if section else line
+
+
+def _wikitext_article(
+    doc_id: str, title: str, body: list[str], broken: bool, opts: ReadOptions, counts: Counter[str]
+) -> Iterator[RawDoc]:
+    if broken:
+        counts["encoding"] += 1
+        return
+    yield RawDoc(doc_id, "\n".join([title, *body] if opts.wiki_keep_title else body))
 
 
 def _read_parquet(path: Path, source: str, opts: ReadOptions, counts: Counter[str]) -> Iterator[RawDoc]:

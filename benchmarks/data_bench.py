@@ -1,0 +1,248 @@
+"""Data-stage benchmark: ingest -> dedup -> tokenizer -> pack on a real corpus, plus planted
+near-duplicates and side-by-side baselines.
+
+    python benchmarks/data_bench.py --corpus /path/to/enwiki-2014-slice --out results.json [--quick]
+
+Figures (table on stdout, JSON to --out):
+
+* per stage: wall seconds, MB/s of the text it reads, and peak RSS (each stage runs in a
+  fresh spawned child process; its peak is ``ru_maxrss`` of the child plus that of its own
+  worker processes, a conservative upper bound for the stage);
+* ``dedup_recall`` / ``dedup_precision``: real paragraphs of the corpus mixed with planted
+  copies (words replaced, sentences dropped or appended) over a range of exact word-5-gram
+  Jaccard, run through the real ``dedup`` stage. Recall counts planted pairs with true
+  Jaccard >= 0.85 whose copy was dropped with its original kept; precision is the share of
+  dropped (document, kept) pairs whose exact Jaccard is >= 0.7 (the estimator's +-3 sigma band
+  around the 0.8 threshold; the strict share >= 0.8 is reported too);
+* ``dedup_speedup_vs_datasketch``: our whole dedup stage (Parquet in and out, exact pass,
+  MinHash, LSH, verification) vs ``datasketch`` MinHash + MinHashLSH query/insert with the same
+  num_perm and threshold on the same normalized texts (``rensa`` too when installed);
+* ``pack_vs_tokenizers_ratio``: bare ``Tokenizer.encode_batch`` over texts already in memory
+  (seconds) divided by the whole pack stage's seconds on the same documents and cores;
+* ``pack_reread_exact``: the packed files re-read to exactly the tokenizer's ids (checked on
+  the first ``--check-docs`` documents of each split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.planted_dups import planted_benchmark
+from tasks.artifacts import Artifact
+from tasks.corpus.shards import iter_doc_batches, shard_paths
+from tasks.dedup import DedupConfig, dedup
+from tasks.engine.sink import NullSink
+from tasks.ingest import IngestConfig, ingest
+from tasks.pack import PackConfig, open_split, pack, split_of
+from tasks.tokenizer import SEP_ID, TokenizerConfig, load_tokenizer, train_tokenizer
+
+MB = 1e6
+
+
+# --- running one measured step in a fresh process -------------------------------------------
+
+
+def _measured(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    """Run ``fn(*args)`` here and return (result, seconds, peak RSS GB of this process + children)."""
+    start = time.perf_counter()
+    result = fn(*args)
+    seconds = time.perf_counter() - start
+    kb = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
+    return result, seconds, kb / 1024**2
+
+
+def in_child(fn: Callable[..., Any], *args: Any) -> tuple[Any, float, float]:
+    """``_measured(fn, *args)`` in a fresh spawned process, so its peak RSS is its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_measured, fn, *args).result()
+
+
+# --- the four stages -------------------------------------------------------------------------
+
+
+def run_ingest(paths: tuple[str, ...], workdir: Path) -> Artifact:
+    return ingest(IngestConfig(paths=paths), workdir=workdir, sink=NullSink())
+
+
+def run_dedup(docs: Artifact, workdir: Path, cfg: DedupConfig) -> Artifact:
+    return dedup(cfg, docs, workdir=workdir, sink=NullSink())
+
+
+def run_tokenizer(docs: Artifact, workdir: Path, vocab_size: int) -> Artifact:
+    return train_tokenizer(TokenizerConfig(vocab_size=vocab_size), docs, workdir=workdir, sink=NullSink())
+
+
+def run_pack(docs: Artifact, tok: Artifact, workdir: Path) -> Artifact:
+    return pack(PackConfig(), docs, tok, workdir=workdir, sink=NullSink())
+
+
+def text_bytes(store: Path) -> int:
+    """UTF-8 bytes of all document texts of a document store."""
+    return sum(
+        int(pc.sum(pc.binary_length(pq.read_table(p, columns=["text"])["text"])).as_py() or 0)
+        for p in shard_paths(store)
+    )
+
+
+def input_bytes(paths: tuple[str, ...]) -> int:
+    """Uncompressed size of the corpus files (gzip's trailer holds it mod 2**32; files here are small)."""
+    total = 0
+    for pattern in paths:
+        root = Path(pattern)
+        for f in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+            with f.open("rb") as fh:
+                if f.suffix == ".gz":
+                    fh.seek(-4, os.SEEK_END)
+                    total += int.from_bytes(fh.read(4), "little")
+                else:
+                    total += f.stat().st_size
+    return total
+
+
+def corpus_paths(corpus: Path, quick: bool) -> tuple[str, ...]:
+    """The whole corpus directory, or its first 8 files with --quick."""
+    if not quick:
+        return (str(corpus),)
+    files = sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return tuple(str(p) for p in files[:8])
+
+
+def run_stages(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict[str, Artifact]]:
+    """Run the four stages, each in its own process; per-stage seconds, MB/s and peak RSS."""
+    paths = corpus_paths(args.corpus, args.quick)
+    stages: dict[str, dict] = {}
+    arts: dict[str, Artifact] = {}
+    arts["ingest"], s, rss = in_child(run_ingest, paths, workdir)
+    stages["ingest"] = {"seconds": s, "mb": input_bytes(paths) / MB, "peak_rss_gb": rss}
+    ingest_mb = text_bytes(arts["ingest"].dir) / MB
+    arts["dedup"], s, rss = in_child(run_dedup, arts["ingest"], workdir, DedupConfig())
+    stages["dedup"] = {"seconds": s, "mb": ingest_mb, "peak_rss_gb": rss}
+    one_worker = DedupConfig(workers=1)  # same stage in one process: does the worker pool pay off?
+    _, s, rss = in_child(run_dedup, arts["ingest"], workdir, one_worker)
+    stages["dedup_1_worker"] = {"seconds": s, "mb": ingest_mb, "peak_rss_gb": rss}
+    dedup_mb = text_bytes(arts["dedup"].dir) / MB
+    arts["tokenizer"], s, rss = in_child(run_tokenizer, arts["dedup"], workdir, args.vocab_size)
+    stages["tokenizer"] = {"seconds": s, "mb": dedup_mb, "peak_rss_gb": rss}
+    arts["pack"], s, rss = in_child(run_pack, arts["dedup"], arts["tokenizer"], workdir)
+    stages["pack"] = {"seconds": s, "mb": dedup_mb, "peak_rss_gb": rss}
+    for row in stages.values():
+        row["mb_per_s"] = row["mb"] / row["seconds"]
+    return stages, arts
+
+
+# --- pack: bare encode_batch baseline and the re-read check ---------------------------------
+
+
+def bare_encode_seconds(docs: Artifact, tok: Artifact, batch_docs: int) -> float:
+    """Seconds of ``encode_batch`` alone over every document, texts already in memory."""
+    tokenizer = load_tokenizer(tok.dir)
+    batches = [texts for _, texts in iter_doc_batches(docs.dir, batch_docs)]
+    start = time.perf_counter()
+    for texts in batches:
+        tokenizer.encode_batch(texts, add_special_tokens=False)
+    return time.perf_counter() - start
+
+
+def pack_rereads_exactly(docs: Artifact, tok: Artifact, packed: Artifact, check_docs: int) -> bool:
+    """Whether each split's rows, re-read, are exactly ``doc [SEP] doc [SEP] ...`` of the tokenizer's ids."""
+    tokenizer, cfg = load_tokenizer(tok.dir), PackConfig()
+    expected: dict[str, list[int]] = {"train": [], "validation": []}
+    seen = 0
+    for ids, texts in iter_doc_batches(docs.dir, 1000):
+        for doc_id, enc in zip(ids, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
+            if enc.ids:
+                expected[split_of(doc_id, cfg.seed, cfg.validation_fraction)] += [*enc.ids, SEP_ID]
+        seen += len(ids)
+        if seen >= check_docs:
+            break
+    for split, stream in expected.items():
+        rows = open_split(packed.dir, split)  # (n_rows, seq_len)
+        if len(rows) and not (rows[:, 0] == 2).all():
+            return False
+        n = min(len(stream) // (cfg.seq_len - 1) + 1, len(rows))
+        got = np.asarray(rows[:n, 1:]).reshape(-1)
+        got = got[got != 0] if n == len(rows) else got  # only the very last row has padding
+        if got[: len(stream)].tolist() != stream[: got.size]:
+            return False
+    return True
+
+
+def pack_checks(args: argparse.Namespace, arts: dict[str, Artifact]) -> dict:
+    bare, _, _ = in_child(bare_encode_seconds, arts["dedup"], arts["tokenizer"], PackConfig().batch_docs)
+    exact, _, _ = in_child(
+        pack_rereads_exactly, arts["dedup"], arts["tokenizer"], arts["pack"], args.check_docs
+    )
+    return {
+        "bare_encode_batch_seconds": bare,
+        "pack_reread_exact": exact,
+        "pack_reread_docs": args.check_docs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help="first 8 files, small planted set")
+    parser.add_argument("--workdir", type=Path, default=None, help="stage outputs (default: a temp dir)")
+    parser.add_argument("--vocab-size", type=int, default=32_000)
+    parser.add_argument("--check-docs", type=int, default=20_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="data-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        stages, arts = run_stages(args, workdir)
+        figures = pack_checks(args, arts)
+        figures["pack_vs_tokenizers_ratio"] = figures["bare_encode_batch_seconds"] / stages["pack"]["seconds"]
+        figures |= planted_benchmark(arts["ingest"], workdir, quick=args.quick)
+    report = summarize(args, stages, arts, figures)
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+def summarize(args: argparse.Namespace, stages: dict, arts: dict[str, Artifact], figures: dict) -> dict:
+    return {
+        "command": " ".join(sys.argv),
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs (noisy)",
+        "quick": args.quick,
+        "stages": stages,
+        "peak_rss_gb": max(s["peak_rss_gb"] for s in stages.values()),
+        "summaries": {name: art.summary for name, art in arts.items()},
+        **figures,
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{'stage':<10} {'seconds':>9} {'MB in':>9} {'MB/s':>8} {'peak RSS GB':>12}")
+    for name, s in report["stages"].items():
+        print(f"{name:<10} {s['seconds']:9.1f} {s['mb']:9.1f} {s['mb_per_s']:8.2f} {s['peak_rss_gb']:12.2f}")
+    for key, value in report.items():
+        if isinstance(value, bool | int | float) and key != "quick":
+            print(f"{key:<40} {value:.4g}" if isinstance(value, float) else f"{key:<40} {value}")
+
+
+if __name__ == "__main__":
+    main()
