@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +30,19 @@ from models.multitask import MultiTaskModel
 from tasks.artifacts import Artifact, build_stage
 from tasks.downstream.features import Features, SpanFeatures, collate, encode_examples, read_examples
 from tasks.downstream.glue import GlueExample
+from tasks.downstream.modelset import median_seed, member_dir, seed_sets
 from tasks.downstream.spans import best_spans
 from tasks.downstream.squad import SquadExample
 from tasks.downstream.tasks import TASKS, DevSplit, TaskSpec, check_task_names, get_task
 from tasks.engine.sink import MetricSink
 from tasks.metrics.glue import GlueMetric, glue_average, glue_average_name
-from tasks.metrics.squad import SquadMetric
+from tasks.metrics.squad import SquadMetric, SquadV2Metric
 from tasks.stage import StageContext, run_tracked
 
 log = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-VERSION = "1"
+VERSION = "2"
 REPORT = "report.json"
 N_BEST_WRITTEN = 5  # candidates kept per SQuAD question in predictions/SQuAD.jsonl
 
@@ -59,6 +62,12 @@ class EvalConfig(BaseModel):
     doc_stride: int = Field(64, ge=1, le=4096, description="SQuAD: tokens between window starts.")
     n_best: int = Field(20, ge=1, le=100, description="SQuAD: start/end candidates per window.")
     max_answer_length: int = Field(30, ge=1, le=512, description="SQuAD: longest answer span in tokens.")
+    no_answer_threshold: float = Field(
+        0.0,
+        ge=-1000.0,
+        le=1000.0,
+        description="SQuAD v2: predict no answer when null score minus best span score exceeds this.",
+    )
     batch_size: int = Field(64, ge=1, le=4096, description="Inference batch size.")
     max_examples_per_task: int | None = Field(
         None, ge=1, description="Score only the first N dev examples per file (smoke runs); None = all."
@@ -127,11 +136,19 @@ def _label_name(spec: TaskSpec, value: int | float) -> str | float:
 
 def score_squad(
     cfg: EvalConfig,
+    spec: TaskSpec,
     examples: Sequence[SquadExample],
     features: Sequence[SpanFeatures],
     outputs: Sequence[Any],
 ) -> tuple[dict[str, float], list[dict]]:
-    """EM / F1 from the n-best decoded spans of every question over all its windows."""
+    """EM / F1 from the n-best decoded spans of every question over all its windows.
+
+    For a task with unanswerable questions (SQuAD v2.0) each question also gets a
+    no-answer score: its null score (the [CLS] start + end logit, the smallest over its
+    windows, as in BERT's run_squad) minus the best span's score. Above
+    `cfg.no_answer_threshold` the prediction is ""; the metric also tunes that threshold
+    on this dev set (best_exact / best_f1 and their thresholds).
+    """
     windows: dict[int, list[int]] = defaultdict(list)
     for i, feature in enumerate(features):
         windows[feature.example_index].append(i)
@@ -147,20 +164,32 @@ def score_squad(
             max_answer_length=cfg.max_answer_length,
         )
         text = spans[0].text if spans else ""
-        predictions.append({"id": example.id, "prediction_text": text})
-        n_best = [{"text": s.text, "score": s.score} for s in spans[:N_BEST_WRITTEN]]
-        rows.append(
-            {
-                "id": example.id,
-                "prediction_text": text,
-                "answers": list(example.answer_texts),
-                "n_best": n_best,
+        row = {"id": example.id, "prediction_text": text, "answers": list(example.answer_texts)}
+        prediction = {"id": example.id, "prediction_text": text}
+        if spec.no_answer:
+            null = min(float(outputs[i][0][0] + outputs[i][1][0]) for i in ids)  # [CLS] is position 0
+            na_score = null - spans[0].score if spans else math.inf  # no valid span: only "" is possible
+            prediction["no_answer_probability"] = na_score
+            answered = na_score <= cfg.no_answer_threshold
+            row |= {
+                "prediction_text": text if answered else "",
+                "best_span": text,
+                "null_score": null,
+                "no_answer_score": na_score if math.isfinite(na_score) else None,
+                "is_impossible": example.is_impossible,
             }
-        )
+        row["n_best"] = [{"text": s.text, "score": s.score} for s in spans[:N_BEST_WRITTEN]]
+        predictions.append(prediction)
+        rows.append(row)
     references = [
         {"id": e.id, "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}}
         for e in examples
     ]
+    if spec.no_answer:
+        metric = SquadV2Metric().compute(
+            predictions=predictions, references=references, no_answer_threshold=cfg.no_answer_threshold
+        )
+        return metric, rows
     return SquadMetric().compute(predictions=predictions, references=references), rows
 
 
@@ -176,7 +205,7 @@ def evaluate_one_task(
         features = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
         outputs = model_outputs(model, spec.name, features, cfg.batch_size)
         if spec.kind == "span":
-            scores, split_rows = score_squad(cfg, examples, features, outputs)  # type: ignore[arg-type]
+            scores, split_rows = score_squad(cfg, spec, examples, features, outputs)  # type: ignore[arg-type]
         else:
             scores, split_rows = score_glue(spec, split, examples, outputs)  # type: ignore[arg-type]
         metrics.update(scores)
@@ -185,22 +214,78 @@ def evaluate_one_task(
     return metrics, rows, counts
 
 
-def load_model(checkpoint: Artifact, specs: Sequence[TaskSpec], max_seq_len: int) -> MultiTaskModel:
-    """The fine-tuned model, checked to have a head of the right kind for every task asked for."""
-    model = load_multitask(checkpoint.dir)
+def load_model(directory: Path, specs: Sequence[TaskSpec], max_seq_len: int) -> MultiTaskModel:
+    """The fine-tuned model in `directory`, checked to have a head of the right kind for every task."""
+    model = load_multitask(directory)
     if max_seq_len > model.cfg.max_position:
         raise ValueError(
-            f"max_seq_len={max_seq_len} exceeds {checkpoint.dir}'s max_position={model.cfg.max_position}"
+            f"max_seq_len={max_seq_len} exceeds {directory}'s max_position={model.cfg.max_position}"
         )
     for spec in specs:
         head = model.head_specs.get(spec.name)
         if head is None or head.kind != spec.kind or head.num_labels != spec.num_labels:
             heads = {n: h.to_dict() for n, h in model.head_specs.items()}
             raise ValueError(
-                f"{checkpoint.dir}: no {spec.kind} head with {spec.num_labels} outputs "
+                f"{directory}: no {spec.kind} head with {spec.num_labels} outputs "
                 f"for task {spec.name!r} (heads: {heads})"
             )
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+
+
+@dataclass
+class SetScores:
+    """Dev results of one model set: metrics, prediction rows and examples scored, per task."""
+
+    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
+    rows: dict[str, list[dict]] = field(default_factory=dict)
+    dev_examples: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def evaluate_model_set(
+    cfg: EvalConfig, directory: Path, specs: Sequence[TaskSpec], sink: MetricSink | None = None
+) -> SetScores:
+    """Score every task with the checkpoint that serves it (see tasks.downstream.modelset)."""
+    scores, models = SetScores(), {}
+    for done, spec in enumerate(specs):
+        member = member_dir(directory, spec.name)
+        if member not in models:  # a multi-task model serving many tasks is loaded once
+            models[member] = load_model(
+                member, [s for s in specs if member_dir(directory, s.name) == member], cfg.max_seq_len
+            )
+        tokenizer = Tokenizer.from_file(str(member / "tokenizer.json"))
+        metrics, rows, counts = evaluate_one_task(cfg, models[member], tokenizer, spec)
+        scores.per_task[spec.name], scores.rows[spec.name], scores.dev_examples[spec.name] = (
+            metrics,
+            rows,
+            counts,
+        )
+        log.info("%s: %s", spec.name, metrics)
+        if sink is not None:
+            sink.progress(done + 1, len(specs))
+    return scores
+
+
+def median_metrics(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per task and metric, the median over seeds (small GLUE tasks swing a lot between seeds)."""
+    first = next(iter(per_seed.values()))
+    return {
+        task: {name: float(np.median([runs[task][name] for runs in per_seed.values()])) for name in metrics}
+        for task, metrics in first.items()
+    }
+
+
+def selection_score(per_task: Mapping[str, Mapping[str, float]]) -> float:
+    """One number per model set, to rank seeds: the mean over tasks of each task's own headline mean
+    (GLUE metrics averaged inside the task as in the GLUE score; SQuAD EM and F1)."""
+    return float(np.mean([np.mean([m[k] for k in get_task(t).metric_keys()]) for t, m in per_task.items()]))
+
+
+def write_predictions(directory: Path, rows: Mapping[str, list[dict]]) -> None:
+    """One ``<task>.jsonl`` per task: every dev prediction next to its gold label, for error analysis."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, task_rows in rows.items():
+        with (directory / f"{name}.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in task_rows)
 
 
 def build_report(per_task: dict[str, dict[str, float]], dev_examples: dict[str, dict[str, int]]) -> dict:
@@ -214,6 +299,8 @@ def build_report(per_task: dict[str, dict[str, float]], dev_examples: dict[str, 
         report["glue_avg_with_wnli_name"] = glue_average_name(per_task, include_wnli=True)
     if "SQuAD" in per_task:
         report["squad"] = per_task["SQuAD"]
+    if "SQuAD-v2" in per_task:
+        report["squad_v2"] = per_task["SQuAD-v2"]
     return report
 
 
@@ -233,23 +320,29 @@ def flat_summary(report: dict) -> dict[str, float]:
 def evaluate_checkpoint(
     cfg: EvalConfig, checkpoint: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
 ) -> Artifact:
-    """Score `checkpoint` on every task's dev set; the artifact holds report.json and predictions/."""
+    """Score `checkpoint` on every task's dev set; the artifact holds report.json and predictions/.
+
+    A several-seed fine-tune output is scored seed by seed: the report keeps every
+    seed's numbers under ``per_seed`` and reports the per-metric MEDIAN as ``per_task``
+    (which the GLUE averages are computed from), predictions under predictions/seed-<s>/.
+    """
     specs = [get_task(name) for name in cfg.tasks]
 
     def build(out: Path) -> dict:
-        model = load_model(checkpoint, specs, cfg.max_seq_len)
-        tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
-        (out / "predictions").mkdir()
-        per_task, dev_examples = {}, {}
-        for done, spec in enumerate(specs):
-            per_task[spec.name], rows, dev_examples[spec.name] = evaluate_one_task(
-                cfg, model, tokenizer, spec
-            )
-            with (out / "predictions" / f"{spec.name}.jsonl").open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            log.info("%s: %s", spec.name, per_task[spec.name])
-            sink.progress(done + 1, len(specs))
-        report = build_report(per_task, dev_examples)
+        seeds = seed_sets(checkpoint.dir)
+        if not seeds:
+            scores = evaluate_model_set(cfg, checkpoint.dir, specs, sink)
+            write_predictions(out / "predictions", scores.rows)
+            report = build_report(scores.per_task, scores.dev_examples)
+        else:
+            per_seed = {}
+            for seed, directory in seeds.items():
+                scores = evaluate_model_set(cfg, directory, specs, sink)
+                write_predictions(out / "predictions" / f"seed-{seed}", scores.rows)
+                per_seed[seed] = scores.per_task
+            report = build_report(median_metrics(per_seed), scores.dev_examples)
+            report |= {"per_seed": {str(s): build_report(p, {}) for s, p in per_seed.items()}}
+            report |= {"seeds": sorted(seeds), "median_seed": median_seed(checkpoint.dir)}
         (out / REPORT).write_text(json.dumps(report, indent=2))
         summary = flat_summary(report)
         sink.log_metrics(summary, step=0)

@@ -8,8 +8,25 @@ indices) is drawn at construction from the seed, each task walking its own seede
 permutations, so ``batch(step)`` is a pure function of (seed, step) and the shared
 `fit()` resumes exactly.
 
+Modes (T5 §3.5): ``multitask`` trains one model on the mixture for `max_steps`, then
+optionally fine-tunes a copy per task for `then_single_steps` more steps on that task
+alone ("multi-task + fine-tuning"). ``single`` trains one model per task, each its own
+`fit()` run. Budget rule for ``single``: task t trains for round(max_steps x rate_t)
+steps (at least 1), rate_t being its mixing rate, i.e. exactly the share of steps the
+mixture would give it, so single-task and multi-task runs see the same number of
+batches of every task and the same total compute.
+
+Seeds: every seed in `seeds` trains its own model (set); with several, each set is
+scored on the dev sets and the MEDIAN-scoring seed's set becomes the stage's model (the
+top level of the output, hard-linked), the others stay under ``seeds/<seed>/`` for the
+evaluate stage's per-seed and median report. The median, not the best, because picking
+the best of n seeds on dev would report an optimistically biased number and register a
+lucky model; for an even count the lower median is taken.
+
 Output: a self-contained checkpoint dir (model.safetensors, config.json with encoder
-config and head specs, the input checkpoint's tokenizer files, tasks.json).
+config and head specs, the input checkpoint's tokenizer files, tasks.json), plus
+``per_task/<TASK>/`` checkpoints and members.json when tasks have their own model, and
+finetune.json (mode, seeds, per-seed selection scores, median seed).
 """
 
 from __future__ import annotations
@@ -17,9 +34,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +45,7 @@ import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tokenizers import Tokenizer
 from torch import Tensor
 
@@ -36,22 +54,26 @@ from models.io import load_multitask, read_encoder_config, save_checkpoint
 from models.multitask import MultiTaskModel
 from tasks.artifacts import Artifact, build_stage, fingerprint
 from tasks.downstream.features import Features, collate, encode_examples, read_examples
+from tasks.downstream.modelset import FINETUNE_INFO, write_members
 from tasks.downstream.tasks import TASKS, TaskSpec, check_task_names, get_task
 from tasks.engine.finetune_objectives import MultiTaskObjective
-from tasks.engine.loop import LoopConfig, fit
+from tasks.engine.loop import LoopConfig, StepHook, fit
 from tasks.engine.sink import MetricSink
+from tasks.engine.transfer import FrozenEncoder, GradualUnfreezing, layerwise_param_groups
+from tasks.evaluation import EvalConfig, evaluate_model_set, selection_score
 from tasks.stage import StageContext, run_tracked
 
 log = logging.getLogger(__name__)
 
 STAGE = "finetune"
-VERSION = "1"
+VERSION = "2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+WEIGHT_DECAY = 0.01
 Mixing = Literal["proportional", "temperature", "equal"]
 
 
 class FinetuneConfig(BaseModel):
-    """Multi-task fine-tuning settings (flat and typed so Prefect renders a form)."""
+    """Fine-tuning settings (flat and typed so Prefect renders a form)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,6 +86,16 @@ class FinetuneConfig(BaseModel):
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="Start from the checkpoint's encoder, or random weights of the same shape."
     )
+    mode: Literal["multitask", "single"] = Field(
+        "multitask",
+        description="One model on the task mixture, or one model per task (same per-task step budget).",
+    )
+    then_single_steps: int = Field(
+        0,
+        ge=0,
+        le=10**7,
+        description="multitask mode: then fine-tune a copy per task for N more steps on that task (0: off).",
+    )
     mixing: Mixing = Field(
         "proportional", description="Task sampling: rate ∝ min(n, K), its 1/T power, or equal."
     )
@@ -73,6 +105,21 @@ class FinetuneConfig(BaseModel):
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Examples (or SQuAD windows) per step.")
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak AdamW learning rate.")
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise LR decay: each layer gets this factor of the LR of the layer above (1: off).",
+    )
+    freeze_encoder: bool = Field(
+        False, description="Feature-based transfer: train the heads only, on a fixed (eval-mode) encoder."
+    )
+    unfreeze_every: int = Field(
+        0,
+        ge=0,
+        le=10**7,
+        description="Gradual unfreezing: heads first, one more layer (top first) every N steps (0: off).",
+    )
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Fraction of steps of linear warmup.")
     max_steps: int = Field(1000, ge=1, le=10**7, description="Optimizer steps over the whole mixture.")
     max_seq_len: int = Field(128, ge=8, le=4096, description="Token budget per input (pairs: longest-first).")
@@ -83,13 +130,33 @@ class FinetuneConfig(BaseModel):
     checkpoint_every: int = Field(
         0, ge=0, description="Save a resumable training state every N steps (0: off)."
     )
-    seed: int = Field(0, ge=0, description="Seeds the mixture, the permutations, head init and dropout.")
+    seeds: tuple[int, ...] = Field(
+        (0,),
+        min_length=1,
+        max_length=32,
+        description="One model per seed (mixture, order, head init, dropout); several: median seed kept.",
+    )
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast on supporting hardware.")
 
     @field_validator("tasks")
     @classmethod
     def _known_unique(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
         return check_task_names(tasks)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, seeds: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative integers, got {list(seeds)}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _compatible(self) -> FinetuneConfig:
+        if self.freeze_encoder and self.unfreeze_every:
+            raise ValueError("freeze_encoder and unfreeze_every > 0 exclude each other")
+        if self.then_single_steps and self.mode != "multitask":
+            raise ValueError("then_single_steps continues a multi-task model: it needs mode='multitask'")
+        return self
 
 
 def mixing_rates(
@@ -167,7 +234,9 @@ def head_specs(specs: Sequence[TaskSpec]) -> dict[str, HeadSpec]:
     return {s.name: HeadSpec(kind=s.kind, num_labels=s.num_labels) for s in specs}
 
 
-def build_model(cfg: FinetuneConfig, checkpoint_dir: Path, specs: Sequence[TaskSpec]) -> MultiTaskModel:
+def build_model(
+    cfg: FinetuneConfig, checkpoint_dir: Path, specs: Sequence[TaskSpec], seed: int
+) -> MultiTaskModel:
     """Pre-trained encoder + fresh heads, or (init="random") the same shape from scratch, seeded."""
     encoder_cfg = read_encoder_config(checkpoint_dir)
     if cfg.max_seq_len > encoder_cfg.max_position:
@@ -175,58 +244,223 @@ def build_model(cfg: FinetuneConfig, checkpoint_dir: Path, specs: Sequence[TaskS
             f"max_seq_len={cfg.max_seq_len} exceeds the encoder's max_position={encoder_cfg.max_position}"
         )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         if cfg.init == "random":
             return MultiTaskModel(encoder_cfg, head_specs(specs))
         return load_multitask(checkpoint_dir, heads=head_specs(specs))
 
 
+def single_head_copy(model: MultiTaskModel, name: str) -> MultiTaskModel:
+    """A model with `model`'s encoder and only task `name`'s head (for per-task fine-tuning)."""
+    copy = MultiTaskModel(model.cfg, {name: model.head_specs[name]})
+    keep = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", f"heads.{name}."))}
+    copy.load_state_dict(keep, strict=True)
+    return copy.to(next(model.parameters()).device)
+
+
 def train_features(
     cfg: FinetuneConfig, tokenizer: Tokenizer, specs: Sequence[TaskSpec]
 ) -> dict[str, list[Features]]:
-    """Tokenized training inputs per task (after the optional seeded per-task cap)."""
+    """Tokenized training inputs per task, after the optional per-task cap.
+
+    The cap's subset is drawn with the FIRST seed and shared by all seeds, so seeds differ
+    in training randomness only, not in the data they see.
+    """
     out = {}
     for k, spec in enumerate(specs):
         examples = read_examples(cfg.data_dir, spec, spec.train_file)
         cap = cfg.max_train_examples_per_task
         if cap is not None and len(examples) > cap:
-            keep = np.sort(
-                np.random.default_rng([cfg.seed, 1000 + k]).choice(len(examples), cap, replace=False)
-            )
-            examples = [examples[i] for i in keep]
+            rng = np.random.default_rng([cfg.seeds[0], 1000 + k])
+            examples = [examples[i] for i in np.sort(rng.choice(len(examples), cap, replace=False))]
         out[spec.name] = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
         log.info("%s: %d train examples -> %d features", spec.name, len(examples), len(out[spec.name]))
     return out
 
 
-def loop_config(cfg: FinetuneConfig) -> LoopConfig:
+def single_task_steps(max_steps: int, rate: float) -> int:
+    """Steps of one task's own run in single mode: its share of the mixture's budget (at least 1)."""
+    return max(1, round(max_steps * rate))
+
+
+def loop_config(cfg: FinetuneConfig, steps: int, seed: int) -> LoopConfig:
     return LoopConfig(
-        max_steps=cfg.max_steps,
+        max_steps=steps,
         lr=cfg.lr,
+        weight_decay=WEIGHT_DECAY,
         warmup_ratio=cfg.warmup_ratio,
         checkpoint_every=cfg.checkpoint_every,
-        eval_every=max(1, cfg.max_steps // 50),  # the "evaluation" here reports per-task train losses
-        seed=cfg.seed,
+        eval_every=max(1, steps // 50),  # the "evaluation" here reports per-task train losses
+        seed=seed,
         precision=cfg.precision,
-        log_every=max(1, min(50, cfg.max_steps // 20)),
+        log_every=max(1, min(50, steps // 20)),
     )
 
 
-def write_output(out: Path, model: MultiTaskModel, checkpoint_dir: Path, specs: Sequence[TaskSpec]) -> None:
-    """Checkpoint files + copied tokenizer files + tasks.json (the specs the heads were trained for)."""
-    save_checkpoint(out, model.cpu(), extra_config={"tasks": [s.name for s in specs]})
+def transfer_hook(cfg: FinetuneConfig) -> StepHook | None:
+    """The step hook that freezes / gradually unfreezes the encoder, if either is asked for."""
+    if cfg.freeze_encoder:
+        return FrozenEncoder()
+    return GradualUnfreezing(cfg.unfreeze_every) if cfg.unfreeze_every else None
+
+
+class PrefixedSink:
+    """Forwards to `sink` with every metric name prefixed: runs of one stage stay apart in MLflow."""
+
+    def __init__(self, sink: MetricSink, prefix: str) -> None:
+        self.sink, self.prefix = sink, prefix
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.sink.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step)
+
+    def progress(self, done: int, total: int) -> None:
+        self.sink.progress(done, total)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """What every training run of one stage shares: settings, data, mixture and where to resume."""
+
+    cfg: FinetuneConfig
+    specs: tuple[TaskSpec, ...]
+    features: Mapping[str, Sequence[Features]]
+    rates: Mapping[str, float]
+    checkpoint_dir: Path
+    resume_root: Path
+
+    def resume_dir(self, seed: int, phase: str) -> Path | None:
+        return self.resume_root / f"seed{seed}-{phase}" if self.cfg.checkpoint_every else None
+
+
+def train_run(
+    plan: TrainPlan,
+    model: MultiTaskModel,
+    tasks: Sequence[str],
+    steps: int,
+    seed: int,
+    sink: MetricSink,
+    phase: str,
+) -> dict[str, float]:
+    """One fit() of `model` on the mixture of `tasks` (rates renormalised); returns steps and train losses."""
+    total = sum(plan.rates[t] for t in tasks)
+    rates = {t: plan.rates[t] / total for t in tasks}
+    source = MultiTaskBatchSource(
+        {t: plan.features[t] for t in tasks}, rates, plan.cfg.batch_size, steps, seed
+    )
+    objective = MultiTaskObjective({t: get_task(t).kind for t in tasks})
+    result = fit(
+        model,
+        objective,
+        source,
+        loop_config(plan.cfg, steps, seed),
+        sink,
+        evaluate=lambda: {f"train_loss/{t}": v for t, v in objective.recent_losses().items()},
+        checkpoint_dir=plan.resume_dir(seed, phase),
+        param_groups=layerwise_param_groups(model, plan.cfg.layer_lr_decay, WEIGHT_DECAY),
+        step_hook=transfer_hook(plan.cfg),
+    )
+    return {"steps": result.steps, **{f"train_loss/{t}": v for t, v in objective.recent_losses().items()}}
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_model_set(plan: TrainPlan, seed: int, dest: Path, sink: MetricSink) -> dict[str, float]:
+    """Train one seed's model(s) into `dest` following `plan.cfg.mode`; returns a flat summary."""
+    cfg, members, summary = plan.cfg, {}, {}
+    if cfg.mode == "multitask":
+        model = build_model(cfg, plan.checkpoint_dir, plan.specs, seed).to(device())
+        summary = train_run(plan, model, cfg.tasks, cfg.max_steps, seed, sink, "multitask")
+        write_output(dest, model, plan.checkpoint_dir, plan.specs)
+    else:
+        write_tokenizer_files(dest, plan.checkpoint_dir, plan.specs)  # no shared model at the top level
+    for spec in plan.specs if (cfg.mode == "single" or cfg.then_single_steps) else ():
+        if cfg.mode == "single":
+            tuned = build_model(cfg, plan.checkpoint_dir, [spec], seed).to(device())
+            steps = single_task_steps(cfg.max_steps, plan.rates[spec.name])
+        else:  # multi-task + fine-tuning: continue from the multi-task model on this task alone
+            tuned, steps = single_head_copy(model, spec.name), cfg.then_single_steps
+        run = train_run(plan, tuned, [spec.name], steps, seed, PrefixedSink(sink, f"{spec.name}/"), spec.name)
+        summary[f"single_steps/{spec.name}"] = run["steps"]
+        summary[f"single_train_loss/{spec.name}"] = run[f"train_loss/{spec.name}"]
+        members[spec.name] = f"per_task/{spec.name}"
+        write_output(dest / members[spec.name], tuned, plan.checkpoint_dir, [spec])
+    write_members(dest, members)
+    return summary
+
+
+def write_tokenizer_files(out: Path, checkpoint_dir: Path, specs: Sequence[TaskSpec]) -> None:
+    """The input checkpoint's tokenizer files + tasks.json (the specs the heads were trained for)."""
+    out.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if (checkpoint_dir / name).is_file():
             shutil.copy2(checkpoint_dir / name, out / name)
     (out / "tasks.json").write_text(json.dumps({s.name: asdict(s) for s in specs}, indent=2))
 
 
+def write_output(out: Path, model: MultiTaskModel, checkpoint_dir: Path, specs: Sequence[TaskSpec]) -> None:
+    """A self-contained checkpoint: weights + config, tokenizer files and tasks.json."""
+    save_checkpoint(out, model.cpu(), extra_config={"tasks": [s.name for s in specs]})
+    model.to(device())
+    write_tokenizer_files(out, checkpoint_dir, specs)
+
+
+def pick_median_seed(
+    cfg: FinetuneConfig, specs: Sequence[TaskSpec], sets: Mapping[int, Path]
+) -> tuple[int, dict]:
+    """(median seed, {seed: dev selection score}): each seed's set scored on the tasks' dev sets."""
+    eval_cfg = EvalConfig(
+        data_dir=cfg.data_dir, tasks=cfg.tasks, max_seq_len=cfg.max_seq_len, doc_stride=cfg.doc_stride
+    )
+    scores = {
+        seed: selection_score(evaluate_model_set(eval_cfg, d, specs).per_task) for seed, d in sets.items()
+    }
+    ranked = sorted(scores, key=lambda seed: (scores[seed], seed))
+    return ranked[(len(ranked) - 1) // 2], scores
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file of `src` into `dst` (copy where links are not possible): no extra disk."""
+    for path in sorted(src.rglob("*")):
+        target = dst / path.relative_to(src)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def train_seeds(plan: TrainPlan, out: Path, sink: MetricSink) -> tuple[dict, dict]:
+    """Train every seed; returns (summary of the stage's model, finetune.json payload)."""
+    seeds = plan.cfg.seeds
+    info: dict = {"mode": plan.cfg.mode, "seeds": list(seeds), "median_seed": seeds[0]}
+    if len(seeds) == 1:
+        return train_model_set(plan, seeds[0], out, sink), info
+    sets = {seed: out / "seeds" / str(seed) for seed in seeds}
+    summaries = {
+        seed: train_model_set(plan, seed, sets[seed], PrefixedSink(sink, f"seed{seed}/")) for seed in seeds
+    }
+    median, scores = pick_median_seed(plan.cfg, plan.specs, sets)
+    link_tree(sets[median], out)
+    log.info("seed selection scores %s: median seed %d is the stage's model", scores, median)
+    info |= {
+        "median_seed": median,
+        "selection_scores": {str(s): v for s, v in scores.items()},
+        "seed_dirs": {str(s): f"seeds/{s}" for s in seeds},
+    }
+    summary = {**summaries[median], "median_seed": median}
+    return summary | {f"selection_score/seed{s}": v for s, v in scores.items()}, info
+
+
 def finetune(
     cfg: FinetuneConfig, checkpoint: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
 ) -> Artifact:
-    """Fine-tune `checkpoint`'s encoder on `cfg.tasks` at once; returns the fine-tuned checkpoint artifact."""
-    specs = [get_task(name) for name in cfg.tasks]
-    resume_dir = Path(workdir) / STAGE / f".resume-{fingerprint(STAGE, VERSION, cfg, [checkpoint])}"
+    """Fine-tune `checkpoint`'s encoder on `cfg.tasks`; returns the fine-tuned checkpoint artifact."""
+    specs = tuple(get_task(name) for name in cfg.tasks)
+    resume_root = Path(workdir) / STAGE / f".resume-{fingerprint(STAGE, VERSION, cfg, [checkpoint])}"
 
     def build(out: Path) -> dict:
         tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
@@ -234,21 +468,13 @@ def finetune(
         rates = mixing_rates(
             {t: len(f) for t, f in features.items()}, cfg.mixing, cfg.mixing_cap_k, cfg.temperature
         )
-        source = MultiTaskBatchSource(features, rates, cfg.batch_size, cfg.max_steps, cfg.seed)
-        model = build_model(cfg, checkpoint.dir, specs)
-        model.to("cuda" if torch.cuda.is_available() else "cpu")
-        objective = MultiTaskObjective({s.name: s.kind for s in specs})
-        result = fit(
-            model,
-            objective,
-            source,
-            loop_config(cfg),
-            sink,
-            evaluate=lambda: {f"train_loss/{t}": v for t, v in objective.recent_losses().items()},
-            checkpoint_dir=resume_dir if cfg.checkpoint_every else None,
-        )
-        write_output(out, model, checkpoint.dir, specs)
-        return summary(result.steps, objective.recent_losses(), features, rates)
+        plan = TrainPlan(cfg, specs, features, rates, checkpoint.dir, resume_root)
+        summary, info = train_seeds(plan, out, sink)
+        (out / FINETUNE_INFO).write_text(json.dumps(info, indent=2))
+        for name in features:
+            summary[f"train_features/{name}"] = len(features[name])
+            summary[f"mixing_rate/{name}"] = rates[name]
+        return summary
 
     artifact = build_stage(
         workdir=Path(workdir),
@@ -259,24 +485,8 @@ def finetune(
         build=build,
         run_id=run_id,
     )
-    shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resumable state is no longer needed
+    shutil.rmtree(resume_root, ignore_errors=True)  # finished: the resumable state is no longer needed
     return artifact
-
-
-def summary(
-    steps: int,
-    losses: Mapping[str, float],
-    features: Mapping[str, Sequence[Features]],
-    rates: Mapping[str, float],
-) -> dict:
-    """Flat, JSON-able: steps, smoothed final train loss, feature count and mixing rate per task."""
-    out: dict[str, float | int] = {"steps": steps}
-    for name in features:
-        if name in losses:  # a task the mixture never drew has no loss to report
-            out[f"train_loss/{name}"] = losses[name]
-        out[f"train_features/{name}"] = len(features[name])
-        out[f"mixing_rate/{name}"] = rates[name]
-    return out
 
 
 @task(name="finetune", cache_policy=NO_CACHE)

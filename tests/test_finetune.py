@@ -11,13 +11,14 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from models.config import EncoderConfig
-from models.io import load_multitask, save_checkpoint
+from models.io import load_multitask, read_weights, save_checkpoint
 from models.pretraining import BertForMaskedLM
 from tasks.artifacts import Artifact
 from tasks.downstream.features import SequenceFeatures
 from tasks.engine.finetune_objectives import MultiTaskObjective, span_loss
 from tasks.engine.sink import MemorySink
-from tasks.finetune import FinetuneConfig, MultiTaskBatchSource, finetune, mixing_rates
+from tasks.evaluation import EvalConfig, evaluate_checkpoint
+from tasks.finetune import FinetuneConfig, MultiTaskBatchSource, finetune, mixing_rates, single_task_steps
 
 WORDS = ("good", "bad", "movie", "plot", "film", "actor", "fine", "dull", "red", "blue", "green")
 WORDS += ("cat", "dog", "sat", "on", "the", "mat")
@@ -155,6 +156,7 @@ def test_config_rejects_unknown_or_repeated_tasks() -> None:
         FinetuneConfig(data_dir="x", tasks=("RTE", "RTE"))
 
 
+@pytest.mark.slow
 def test_finetune_tiny_tasks_loss_falls(tmp_path: Path) -> None:
     write_synthetic_tasks(tmp_path / "data")
     checkpoint = tiny_checkpoint(tmp_path / "pretrained")
@@ -182,3 +184,102 @@ def test_finetune_tiny_tasks_loss_falls(tmp_path: Path) -> None:
     assert set(model.heads) == set(cfg.tasks)
     assert json.loads(out.file("tasks.json").read_text())["STS-B"]["kind"] == "regression"
     assert finetune(cfg, checkpoint, workdir=tmp_path / "work", sink=sink).cached  # finished stage is reused
+
+
+def test_config_rejects_incompatible_transfer_options() -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        FinetuneConfig(data_dir="x", freeze_encoder=True, unfreeze_every=10)
+    with pytest.raises(ValueError, match="needs mode='multitask'"):
+        FinetuneConfig(data_dir="x", mode="single", then_single_steps=5)
+    with pytest.raises(ValueError, match="distinct"):
+        FinetuneConfig(data_dir="x", seeds=(1, 1))
+    assert FinetuneConfig(data_dir="x").seeds == (0,)
+
+
+def small_cfg(data: Path, **overrides: object) -> FinetuneConfig:
+    """A few steps on two small tasks: structure tests, not learning tests."""
+    base = dict(
+        data_dir=str(data),
+        tasks=("SST-2", "STS-B"),
+        batch_size=4,
+        lr=1e-2,
+        max_steps=12,
+        max_seq_len=32,
+        max_train_examples_per_task=16,
+        mixing_cap_k=8,
+    )
+    return FinetuneConfig(**(base | overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Artifact]:
+    root = tmp_path_factory.mktemp("ft")
+    write_synthetic_tasks(root / "data", n=24)
+    return root, tiny_checkpoint(root / "pretrained")
+
+
+def _eval_report(root: Path, out: Artifact, tasks: tuple[str, ...]) -> dict:
+    cfg = EvalConfig(data_dir=str(root / "data"), tasks=tasks, max_seq_len=32)
+    report = evaluate_checkpoint(cfg, out, workdir=root / "work", sink=MemorySink())
+    return json.loads(report.file("report.json").read_text())
+
+
+def test_single_mode_one_model_per_task_with_its_mixture_share(tiny_setup: tuple[Path, Artifact]) -> None:
+    root, checkpoint = tiny_setup
+    cfg = small_cfg(root / "data", mode="single", mixing="temperature", temperature=2.0)
+    sink = MemorySink()
+    out = finetune(cfg, checkpoint, workdir=root / "work", sink=sink)
+    members = json.loads(out.file("members.json").read_text())
+    assert members == {"SST-2": "per_task/SST-2", "STS-B": "per_task/STS-B"}
+    assert not out.file("model.safetensors").exists()  # no shared model in single mode
+    for task in cfg.tasks:
+        assert set(load_multitask(out.dir / members[task]).heads) == {task}
+        rate = out.summary[f"mixing_rate/{task}"]
+        assert out.summary[f"single_steps/{task}"] == single_task_steps(cfg.max_steps, rate)
+        assert sink.series(f"{task}/loss")  # each task's run logs under its own prefix
+    assert sum(out.summary[f"single_steps/{t}"] for t in cfg.tasks) == cfg.max_steps  # 0.5 / 0.5 here
+    report = _eval_report(root, out, cfg.tasks)
+    assert set(report["per_task"]) == set(cfg.tasks)
+
+
+def test_multitask_then_single_continues_from_the_shared_model(tiny_setup: tuple[Path, Artifact]) -> None:
+    root, checkpoint = tiny_setup
+    cfg = small_cfg(root / "data", then_single_steps=3, layer_lr_decay=0.8)
+    out = finetune(cfg, checkpoint, workdir=root / "work", sink=MemorySink())
+    shared = read_weights(out.dir)
+    assert set(load_multitask(out.dir).heads) == set(cfg.tasks)
+    for task in cfg.tasks:
+        tuned = read_weights(out.dir / "per_task" / task)
+        assert {k for k in tuned if k.startswith("heads.")} == {
+            k for k in shared if k.startswith(f"heads.{task}.")
+        }
+        assert not torch.equal(
+            tuned["encoder.layers.0.ffn.up.weight"], shared["encoder.layers.0.ffn.up.weight"]
+        )
+        assert out.summary[f"single_steps/{task}"] == 3
+    report = _eval_report(root, out, ("STS-B",))
+    assert set(report["per_task"]) == {"STS-B"}
+
+
+def test_several_seeds_keep_the_median_seed_and_report_medians(tiny_setup: tuple[Path, Artifact]) -> None:
+    root, checkpoint = tiny_setup
+    cfg = small_cfg(root / "data", seeds=(0, 1, 2), max_steps=6)
+    out = finetune(cfg, checkpoint, workdir=root / "work", sink=MemorySink())
+    info = json.loads(out.file("finetune.json").read_text())
+    scores = {int(s): v for s, v in info["selection_scores"].items()}
+    assert info["median_seed"] == sorted(scores, key=lambda s: (scores[s], s))[1]
+    median_dir = out.dir / "seeds" / str(info["median_seed"])
+    assert out.file("model.safetensors").read_bytes() == (median_dir / "model.safetensors").read_bytes()
+    assert len({(out.dir / "seeds" / str(s) / "model.safetensors").read_bytes() for s in cfg.seeds}) == 3
+    report = _eval_report(root, out, cfg.tasks)
+    assert report["seeds"] == [0, 1, 2] and report["median_seed"] == info["median_seed"]
+    for task, metrics in report["per_task"].items():
+        for name, value in metrics.items():
+            per_seed = [report["per_seed"][str(s)]["per_task"][task][name] for s in cfg.seeds]
+            assert value == pytest.approx(float(np.median(per_seed)))
+    assert report["glue_avg"] == pytest.approx(
+        np.mean(
+            [report["per_task"]["SST-2"]["accuracy"], np.mean(list(report["per_task"]["STS-B"].values()))]
+        )
+    )
+    assert (root / "work" / "evaluate").exists()

@@ -131,7 +131,19 @@ def test_empty_file_and_header_only(tmp_path: Path) -> None:
 
 
 def test_registry_shape() -> None:
-    assert set(TASKS) == {"CoLA", "SST-2", "MRPC", "STS-B", "QQP", "MNLI", "QNLI", "RTE", "WNLI", "SQuAD"}
+    assert set(TASKS) == {
+        "CoLA",
+        "SST-2",
+        "MRPC",
+        "STS-B",
+        "QQP",
+        "MNLI",
+        "QNLI",
+        "RTE",
+        "WNLI",
+        "SQuAD",
+        "SQuAD-v2",
+    }
     assert get_task("MNLI").metric_keys() == ("accuracy_matched", "accuracy_mismatched")
     assert get_task("STS-B").num_labels == 1 and get_task("SQuAD").num_labels == 2
     assert get_task("MNLI").num_labels == 3

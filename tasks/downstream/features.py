@@ -62,7 +62,8 @@ Features = SequenceFeatures | SpanFeatures
 def read_examples(data_dir: str | Path, spec: TaskSpec, file: str) -> list[Example]:
     """Examples of one task file in a downstream data dir (GLUE tsv or SQuAD JSON, by the task's kind)."""
     if spec.kind == "span":
-        return list(read_squad_file(squad_path(data_dir, spec, file)))
+        version = "2.0" if spec.no_answer else "1.1"
+        return list(read_squad_file(squad_path(data_dir, spec, file), version=version))
     return list(read_glue_file(glue_path(data_dir, spec, file), spec))
 
 
@@ -119,7 +120,8 @@ def encode_squad(
             raise ValueError(
                 f"max_seq_len={max_seq_len} leaves no room for context after question {example.id!r}"
             )
-        answer = answer_token_span(context, example.answers[0])
+        # an unanswerable (v2.0) question points every window at [CLS], like a window without the answer
+        answer = answer_token_span(context, example.answers[0]) if example.answers else None
         for start in window_starts(len(context.ids), window, doc_stride):
             features.append(_window(q_ids, context, start, window, answer, i))
     return features

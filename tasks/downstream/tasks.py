@@ -28,7 +28,9 @@ class TaskSpec:
     `text_fields` and `label_field` are header column names of the GLUE tsv. A file
     without a header row (CoLA) names its columns through `headerless_columns`.
     `labels` lists the raw label strings in class-index order (classification only);
-    `value_range` bounds a regression target (STS-B scores are 0-5).
+    `value_range` bounds a regression target (STS-B scores are 0-5). `no_answer` marks a
+    span task whose questions may be unanswerable (SQuAD v2.0): its reader accepts empty
+    answer lists and its scoring compares a [CLS] "null" score with the best span.
     """
 
     name: str
@@ -44,6 +46,7 @@ class TaskSpec:
     train_file: str = "train.tsv"
     dev_splits: tuple[DevSplit, ...] = (DevSplit("", "dev.tsv"),)
     is_glue: bool = True
+    no_answer: bool = False
 
     @property
     def num_labels(self) -> int:
@@ -166,6 +169,18 @@ TASKS: dict[str, TaskSpec] = {
             train_file="train.json",
             dev_splits=(DevSplit("", "dev.json"),),
             is_glue=False,
+        ),
+        TaskSpec(
+            name="SQuAD-v2",
+            dir_name="squad-v2",
+            kind="span",
+            text_fields=("question", "context"),
+            label_field="answers",
+            metrics=("exact", "f1"),  # the official v2 script's names; it also reports HasAns/NoAns/best_*
+            train_file="train.json",
+            dev_splits=(DevSplit("", "dev.json"),),
+            is_glue=False,
+            no_answer=True,
         ),
     )
 }
