@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.model_registry import register_and_gate
 from registry.tracking import Tracker
-from tasks.artifacts import Artifact, build_stage
+from tasks.artifacts import MANIFEST, Artifact, build_stage
+from tasks.downstream.modelset import MEMBERS
 from tasks.stage import StageContext, run_tracked
 
 STAGE = "register"
 VERSION = "1"
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+SEEDS_DIR = "seeds"
 
 
 class RegistryConfig(BaseModel):
@@ -51,11 +53,22 @@ class RegistrationError(ValueError):
     """The model or its report is not fit to be registered."""
 
 
+def model_dirs(checkpoint: Path) -> list[Path]:
+    """Every checkpoint dir of a fine-tuned model set: the top level and its per-task members."""
+    members = checkpoint / MEMBERS
+    listed = json.loads(members.read_text()).values() if members.is_file() else []
+    dirs = [checkpoint / rel for rel in sorted(set(listed))]
+    if not members.is_file() or (checkpoint / "config.json").is_file():
+        dirs.insert(0, checkpoint)
+    return dirs
+
+
 def check_registrable(checkpoint: Path, report: dict, metric: str) -> float:
-    """The gate score, after checking that the checkpoint and report are complete."""
-    missing = [f for f in CHECKPOINT_FILES if not (checkpoint / f).is_file()]
-    if missing:
-        raise RegistrationError(f"checkpoint {checkpoint} lacks {', '.join(missing)}: not registering it")
+    """The gate score, after checking that every checkpoint of the set and the report are complete."""
+    for directory in model_dirs(checkpoint):
+        missing = [f for f in CHECKPOINT_FILES if not (directory / f).is_file()]
+        if missing:
+            raise RegistrationError(f"checkpoint {directory} lacks {', '.join(missing)}: not registering it")
     score = report.get(metric)
     if not isinstance(score, int | float) or not math.isfinite(score):
         raise RegistrationError(f"evaluation report has no finite {metric!r} (got {score!r}): not registered")
@@ -76,7 +89,11 @@ def register(
     def build(out: Path) -> dict:
         scores = json.loads(report.file("report.json").read_text())
         score = check_registrable(checkpoint.dir, scores, cfg.gate_metric)
-        tracker.log_files(run_id, [checkpoint.dir], artifact_path="model")
+        # seeds/ holds the non-median seeds' models: the top level already is the kept one
+        model_files = [p for p in sorted(checkpoint.dir.iterdir()) if p.name not in (SEEDS_DIR, MANIFEST)]
+        for path in model_files:
+            artifact_path = f"model/{path.name}" if path.is_dir() else "model"
+            tracker.log_files(run_id, [path], artifact_path=artifact_path)
         tracker.log_files(run_id, [report.file("report.json")], artifact_path="evaluation")
         reg = register_and_gate(
             tracker,
