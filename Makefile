@@ -12,7 +12,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_EVALUATE_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint install install-test clean
+.PHONY: demo test lint install install-test chromium clean
 
 # torch first, pinned: a looser requirement would pull the multi-GB CUDA build.
 $(BIN)/python:
@@ -38,7 +38,15 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
+# The browser test drives Debian's Chromium; install it where apt works (root), else it is skipped.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "make: apt-get install chromium failed: the browser test will be skipped"; \
+	  else echo "make: no chromium and no root apt-get: the browser test will be skipped"; fi; }
+
+test: lint chromium
 	$(BIN)/pytest
 
 clean:

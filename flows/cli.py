@@ -24,6 +24,7 @@ QUIET_OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,models,registry",
     "GIT_PYTHON_REFRESH": "quiet",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # a loaded laptop needs more than 20 s
 }
 
 
@@ -51,15 +52,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a preset value, e.g. --set pretrain.max_steps=200 (repeatable)",
     )
     sub.add_parser("presets", help="list the presets")
+    add_server_parser(sub)
+    add_compare_parser(sub)
+    add_promote_parser(sub)
+    add_export_parser(sub)
     return parser
+
+
+def add_server_parser(sub: argparse._SubParsersAction) -> None:
+    server = sub.add_parser("server", help="start / stop / inspect local Prefect + MLflow servers")
+    server.add_argument("action", choices=["start", "stop", "status"])
+    server.add_argument(
+        "--state-dir", type=Path, default=Path(".bertflow-servers"), help="pid files, logs, DBs"
+    )
+    server.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback)")
+    server.add_argument("--prefect-port", type=int, default=4200)
+    server.add_argument("--mlflow-port", type=int, default=5000)
+    server.add_argument(
+        "--mlflow-backend-uri", help="e.g. postgresql://127.0.0.1:5432/mlflow (default SQLite)"
+    )
+    server.add_argument("--prefect-database-url", help="e.g. postgresql+asyncpg://127.0.0.1:5432/prefect")
+    server.add_argument("--only", choices=["prefect", "mlflow"], help="act on one server only")
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    compare = sub.add_parser("compare", help="table + plots of pipeline runs or registered model versions")
+    compare.add_argument(
+        "--tracking-uri", required=True, help="MLflow tracking URI (server or sqlite:///...)"
+    )
+    pick = compare.add_mutually_exclusive_group()
+    pick.add_argument("--runs", nargs="+", metavar="RUN_ID", help="pipeline (or stage) run ids")
+    pick.add_argument("--model", help="registered model NAME (all versions) or NAME@ALIAS")
+    compare.add_argument(
+        "--experiment", default="bertflow", help="otherwise: the latest runs of this experiment"
+    )
+    compare.add_argument("--limit", type=int, default=10, help="how many latest runs (default 10)")
+    compare.add_argument(
+        "--out", type=Path, default=Path("comparison"), help="where table + PNGs are written"
+    )
+    compare.add_argument("--no-log", action="store_true", help="do not log the comparison to MLflow")
+
+
+def add_promote_parser(sub: argparse._SubParsersAction) -> None:
+    promote = sub.add_parser("promote", help="move the champion alias to a model version, with a reason")
+    promote.add_argument("--tracking-uri", required=True, help="MLflow tracking URI")
+    promote.add_argument("--model", required=True, help="registered model name")
+    promote.add_argument("--version", required=True, help="model version to make champion")
+    promote.add_argument("--reason", required=True, help="why (recorded on the version)")
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    export = sub.add_parser("export", help="export a model as a Hugging Face transformers directory")
+    export.add_argument(
+        "source", help="checkpoint dir, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH"
+    )
+    export.add_argument("--out", type=Path, required=True, help="output directory")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI (needed for models:/ and runs:/)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
     from tasks.config import load_config
-    from tasks.pipeline_run import format_table
+    from tasks.pipeline_run import check_tracking, format_table
 
     config = load_config(args.preset, args.workdir, args.overrides)
+    check_tracking(config, args.workdir)  # before Prefect starts: an unreachable server fails in seconds
     result = pipeline(config=config, workdir=str(args.workdir.resolve()))
     print("\nDev-set scores (0-100) after fine-tuning on the same budget:")
     print(format_table(result.scores))
@@ -79,7 +136,73 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "presets": cmd_presets}
+def cmd_server(args: argparse.Namespace) -> int:
+    from tasks.servers import SERVERS, ServerConfig, start, status, stop
+
+    which = (args.only,) if args.only else SERVERS
+    if args.action == "stop":
+        for name, was_running in stop(args.state_dir, which).items():
+            print(f"{name}: {'stopped' if was_running else 'not running'}")
+        return 0
+    if args.action == "start":
+        cfg = ServerConfig(
+            state_dir=str(args.state_dir), host=args.host, prefect_port=args.prefect_port,
+            mlflow_port=args.mlflow_port, mlflow_backend_uri=args.mlflow_backend_uri,
+            prefect_database_url=args.prefect_database_url,
+        )  # fmt: skip
+        urls = start(cfg, which)
+        print("\n".join(f"{name}: {url}" for name, url in urls.items()))
+        if "prefect" in urls:
+            print(f"\nexport PREFECT_API_URL={cfg.prefect_api_url}")
+        if "mlflow" in urls:
+            print(f"export MLFLOW_TRACKING_URI={urls['mlflow']}   # or --set tracking.tracking_uri=...")
+        return 0
+    report = status(args.state_dir)
+    for name, info in report.items():
+        state = "healthy" if info["healthy"] else ("running, not answering" if info["pid"] else "stopped")
+        print(f"{name}: {state} pid={info['pid']} url={info['url']}")
+    return 0 if all(report[n]["healthy"] for n in which) else 3
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tasks.compare import compare, terminal_table
+
+    result = compare(
+        args.tracking_uri, args.out, run_ids=args.runs, model=args.model, experiment=args.experiment,
+        limit=args.limit, log_to_mlflow=not args.no_log,
+    )  # fmt: skip
+    print(terminal_table(result.table))
+    print(f"\nmarkdown: {args.out / 'comparison.md'}")
+    print("plots: " + ", ".join(str(p) for p in result.plots))
+    if result.compare_run_id:
+        print(f"logged to MLflow run {result.compare_run_id}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from tasks.promote import promote_version
+
+    previous = promote_version(args.tracking_uri, args.model, args.version, args.reason)
+    print(f"{args.model} v{args.version} is now champion (was {previous or 'none'}): {args.reason}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tasks.export import export_model
+
+    for path in export_model(args.source, args.out, args.tracking_uri):
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "presets": cmd_presets,
+    "server": cmd_server,
+    "compare": cmd_compare,
+    "promote": cmd_promote,
+    "export": cmd_export,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, OSError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError, ArithmeticError) as exc:
         print(f"bertflow: error: {exc}", file=sys.stderr)
         return 1
 

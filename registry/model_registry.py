@@ -64,6 +64,20 @@ def register_version(
     return str(mv.version)
 
 
+class UnknownVersionError(ValueError):
+    """A registered model name or version that does not exist."""
+
+
+def check_version(tracker: Tracker, name: str, version: str) -> None:
+    """Raise naming the model and version when the registry does not hold them."""
+    try:
+        tracker.client.get_model_version(name, version)
+    except MlflowException as err:
+        raise UnknownVersionError(
+            f"{name} v{version}: not in the registry at {tracker.tracking_uri}"
+        ) from err
+
+
 def promote(tracker: Tracker, name: str, version: str, reason: str) -> None:
     """Give ``version`` the champion alias and record why on the version."""
     tracker.client.set_registered_model_alias(name, CHAMPION, version)

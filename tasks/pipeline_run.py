@@ -8,6 +8,7 @@ manager so that an exception or a kill can never leave the parent run RUNNING.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +24,24 @@ from tasks.stage import StageContext, in_prefect_run
 log = logging.getLogger(__name__)
 
 
+def resolve_tracking_uri(config: PipelineConfig, workdir: Path) -> str:
+    """tracking.tracking_uri, else $MLFLOW_TRACKING_URI (MLflow's convention), else SQLite in the workdir."""
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    return config.tracking.tracking_uri or from_env or default_tracking_uri(workdir)
+
+
+def check_tracking(config: PipelineConfig, workdir: Path) -> str:
+    """The run's tracking URI, after checking it answers (raises TrackingUnavailableError fast)."""
+    uri = resolve_tracking_uri(config, workdir)
+    if uri.startswith(("http://", "https://")):  # a SQLite store is created on first use
+        Tracker(uri).check_reachable()
+    return uri
+
+
 def open_pipeline_run(config: PipelineConfig, workdir: Path) -> StageContext:
     """Create the experiment (artifacts under the workdir by default) and the parent run."""
     workdir.mkdir(parents=True, exist_ok=True)
-    uri = config.tracking.tracking_uri or default_tracking_uri(workdir)
+    uri = resolve_tracking_uri(config, workdir)
     tracker = Tracker(uri)
     tracker.check_reachable()
     artifact_root = workdir / "mlartifacts" if uri.startswith("sqlite:") else None

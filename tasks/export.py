@@ -1,0 +1,197 @@
+"""Export a bertflow checkpoint as a Hugging Face ``transformers`` BERT directory.
+
+What maps, and why: our encoder with ``norm="post"``, ``positions="learned"``,
+``ffn="gelu"``, ``bias=True`` and no ``doc_attention`` is exactly the original BERT
+layer (LN(x + attn(x)), LN(x + ffn(x)), exact-erf GELU, learned absolute positions,
+token types, LayerNorm after the embeddings), so its weights are renamed into
+``BertModel``'s names and nothing is approximated:
+
+- pre-training checkpoint (``bert_mlm`` / ``bert_pretraining``) -> ``BertForMaskedLM``
+  (MLM transform + tied decoder + output bias; an NSP/SOP pair head is dropped);
+- fine-tuned checkpoint (``bert_multitask``) -> one ``BertForSequenceClassification``
+  per classification / regression head (``<out>/<TASK>/``; regression as
+  ``num_labels=1``, ``problem_type="regression"``) and ``BertForQuestionAnswering``
+  for a span head; each carries the shared encoder and its own head's pooler.
+
+What does not map (export refuses with the reason): pre-LN (HF BERT has no pre-LN
+variant; the final LayerNorm has no slot), rotary or sinusoidal positions, GEGLU FFNs,
+bias-free layers, document-block attention and ELECTRA checkpoints.
+
+The tokenizer files of the checkpoint (tokenizer.json, vocab.txt, tokenizer_config.json,
+special_tokens_map.json) are copied next to the weights, so ``AutoTokenizer`` loads them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import Tensor
+
+from models.config import EncoderConfig
+from models.io import read_config, read_weights
+from registry.download import download_model, is_mlflow_uri
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+HF_WEIGHTS = "model.safetensors"
+
+
+class ExportError(ValueError):
+    """A checkpoint whose architecture has no exact ``transformers`` equivalent."""
+
+
+def check_exportable(cfg: EncoderConfig, where: Path) -> None:
+    """Raise naming every field that keeps ``cfg`` from being a plain HF BERT."""
+    wanted = {"norm": "post", "positions": "learned", "ffn": "gelu", "bias": True, "doc_attention": False}
+    bad = [f"{k}={getattr(cfg, k)!r} (needs {v!r})" for k, v in wanted.items() if getattr(cfg, k) != v]
+    if bad:
+        raise ExportError(
+            f"{where}: cannot export to transformers BERT: {', '.join(bad)}. Only post-LN, learned "
+            "positions, GELU FFN, biased layers without document attention map exactly."
+        )
+
+
+def hf_bert_config(cfg: EncoderConfig, **extra: object) -> dict[str, object]:
+    """transformers BertConfig fields for ``cfg`` (plus architecture/head fields in ``extra``)."""
+    return {
+        "model_type": "bert",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "hidden_act": "gelu",  # exact erf GELU, as F.gelu
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.attention_dropout,
+        "max_position_embeddings": cfg.max_position,
+        "type_vocab_size": cfg.type_vocab_size,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "pad_token_id": cfg.pad_id,
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": True,
+        **extra,
+    }
+
+
+def encoder_weights(state: Mapping[str, Tensor], cfg: EncoderConfig, src: str, dst: str) -> dict[str, Tensor]:
+    """Our ``<src>`` encoder weights under HF names ``<dst>`` (e.g. ``bert.``); fused qkv is split."""
+    H = cfg.hidden_size
+    out = {
+        f"{dst}embeddings.word_embeddings.weight": state[f"{src}embeddings.word.weight"],
+        f"{dst}embeddings.position_embeddings.weight": state[f"{src}embeddings.position.weight"],
+        f"{dst}embeddings.token_type_embeddings.weight": state[f"{src}embeddings.token_type.weight"],
+        f"{dst}embeddings.LayerNorm.weight": state[f"{src}embeddings.norm.weight"],
+        f"{dst}embeddings.LayerNorm.bias": state[f"{src}embeddings.norm.bias"],
+    }
+    for i in range(cfg.num_layers):
+        ours, theirs = f"{src}layers.{i}.", f"{dst}encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            q, k, v = state[f"{ours}attention.qkv.{part}"].split(H, dim=0)  # (3H, ...) -> 3 x (H, ...)
+            out[f"{theirs}attention.self.query.{part}"] = q
+            out[f"{theirs}attention.self.key.{part}"] = k
+            out[f"{theirs}attention.self.value.{part}"] = v
+            out[f"{theirs}attention.output.dense.{part}"] = state[f"{ours}attention.out.{part}"]
+            out[f"{theirs}attention.output.LayerNorm.{part}"] = state[f"{ours}attention_norm.{part}"]
+            out[f"{theirs}intermediate.dense.{part}"] = state[f"{ours}ffn.up.{part}"]
+            out[f"{theirs}output.dense.{part}"] = state[f"{ours}ffn.down.{part}"]
+            out[f"{theirs}output.LayerNorm.{part}"] = state[f"{ours}ffn_norm.{part}"]
+    return out
+
+
+def mlm_weights(state: Mapping[str, Tensor], cfg: EncoderConfig) -> dict[str, Tensor]:
+    """BertForMaskedLM: encoder + ``cls.predictions`` (transform, tied decoder, output bias)."""
+    out = encoder_weights(state, cfg, "encoder.", "bert.")
+    for part in ("weight", "bias"):
+        out[f"cls.predictions.transform.dense.{part}"] = state[f"mlm_head.dense.{part}"]
+        out[f"cls.predictions.transform.LayerNorm.{part}"] = state[f"mlm_head.norm.{part}"]
+    out["cls.predictions.bias"] = state["mlm_head.bias"]
+    out["cls.predictions.decoder.weight"] = state["encoder.embeddings.word.weight"]  # tied
+    out["cls.predictions.decoder.bias"] = state["mlm_head.bias"]
+    return out
+
+
+def head_weights(state: Mapping[str, Tensor], cfg: EncoderConfig, task: str, kind: str) -> dict[str, Tensor]:
+    """One task head of a multi-task model as BertFor{SequenceClassification,QuestionAnswering}."""
+    out = encoder_weights(state, cfg, "encoder.", "bert.")
+    head = f"heads.{task}."
+    if kind == "span":
+        for part in ("weight", "bias"):
+            out[f"qa_outputs.{part}"] = state[f"{head}qa.{part}"]
+        return out
+    layer = "classifier" if kind == "classification" else "regressor"
+    for part in ("weight", "bias"):
+        out[f"bert.pooler.dense.{part}"] = state[f"{head}pooler.dense.{part}"]
+        out[f"classifier.{part}"] = state[f"{head}{layer}.{part}"]
+    return out
+
+
+def write_hf_dir(out: Path, weights: Mapping[str, Tensor], config: Mapping[str, object], src: Path) -> None:
+    """config.json + model.safetensors (contiguous copies: safetensors refuses shared storage) + tokenizer."""
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().clone().contiguous() for k, v in weights.items()}
+    save_file(tensors, str(out / HF_WEIGHTS), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True))
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+        else:
+            log.warning("export: %s has no %s; the exported directory lacks it", src, name)
+
+
+def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
+    """Write the HF directories for ``checkpoint``; returns them (one, or one per task head)."""
+    config = read_config(checkpoint)
+    cfg = EncoderConfig.from_dict(config["encoder"])
+    check_exportable(cfg, checkpoint)
+    state = read_weights(checkpoint)
+    kind = config["model_type"]
+    if kind in ("bert_mlm", "bert_pretraining"):
+        write_hf_dir(
+            out, mlm_weights(state, cfg), hf_bert_config(cfg, architectures=["BertForMaskedLM"]), checkpoint
+        )
+        return [out]
+    if kind != "bert_multitask":
+        raise ExportError(f"{checkpoint}: model_type {kind!r} has no transformers BERT equivalent")
+    return [
+        export_head(checkpoint, out / task, state, cfg, task, spec) for task, spec in config["heads"].items()
+    ]
+
+
+def export_head(
+    checkpoint: Path, out: Path, state: Mapping[str, Tensor], cfg: EncoderConfig, task: str, spec: dict
+) -> Path:
+    kind = spec["kind"]
+    if kind == "span":
+        extra: dict[str, object] = {"architectures": ["BertForQuestionAnswering"]}
+    elif kind == "regression":
+        extra = {
+            "architectures": ["BertForSequenceClassification"],
+            "num_labels": 1,
+            "problem_type": "regression",
+        }
+    else:
+        extra = {
+            "architectures": ["BertForSequenceClassification"],
+            "num_labels": spec["num_labels"],
+            "problem_type": "single_label_classification",
+        }
+    write_hf_dir(out, head_weights(state, cfg, task, kind), hf_bert_config(cfg, **extra), checkpoint)
+    return out
+
+
+def export_model(source: str, out: Path, tracking_uri: str | None) -> list[Path]:
+    """Export a local checkpoint dir or an MLflow ``models:/`` / ``runs:/`` URI into ``out``."""
+    if not is_mlflow_uri(source):
+        return export_checkpoint(Path(source), out)
+    if tracking_uri is None:
+        raise ExportError(f"{source!r} is an MLflow URI: give the tracking URI it lives in")
+    with tempfile.TemporaryDirectory(prefix="bertflow-export-") as tmp:
+        local = download_model(source, tracking_uri, Path(tmp))
+        return export_checkpoint(local, out)

@@ -1,0 +1,88 @@
+"""Flat run parameters for Prefect deployments: what the UI's run form shows.
+
+The pipeline itself takes the nested ``PipelineConfig`` (one section per stage), which
+Prefect would render as JSON blobs. Deployed flows take this flat model instead: the
+preset (an enum of the shipped presets), the working directory, the tracking target
+and the handful of knobs people actually change between runs, each typed with bounds
+and a description, so the form has one field per knob. Anything else is reachable
+through ``overrides`` (``section.field=value``, the CLI's ``--set``). ``to_config``
+turns it into the validated ``PipelineConfig`` before any work starts, so a bad value
+is rejected twice: by Prefect against the parameter schema when the run is created,
+and by the stage configs' own validation before the first task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.config import PipelineConfig, load_config, preset_names
+
+PresetName = Literal["tiny", "small", "base"]
+assert set(get_args(PresetName)) == set(preset_names()), "PresetName must list deployments/presets/*.toml"
+
+# flat field -> the preset's section.field it overrides (None = keep the preset's value)
+OVERRIDES: dict[str, str] = {
+    "tracking_uri": "tracking.tracking_uri",
+    "experiment": "tracking.experiment",
+    "model_name": "registry.model_name",
+    "pretrain_max_steps": "pretrain.max_steps",
+    "pretrain_max_minutes": "pretrain.max_minutes",
+    "pretrain_batch_size": "pretrain.batch_size",
+    "finetune_max_steps": "finetune.max_steps",
+    "finetune_lr": "finetune.lr",
+    "eval_max_examples_per_task": "evaluate.max_examples_per_task",
+    "baseline_random_init": "baseline_random_init",
+    "demo_corpus_docs": "demo.n_corpus_docs",
+    "demo_train_examples": "demo.n_train",
+    "demo_dev_examples": "demo.n_dev",
+}
+
+
+class PipelineParameters(BaseModel):
+    """One deployed pipeline run: a preset plus typed overrides (every field is a form field)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    preset: PresetName = Field("tiny", description="Preset in deployments/presets: tiny (demo), small, base.")
+    workdir: str = Field(
+        min_length=1, description="Working directory: stage outputs are reused from here across runs."
+    )
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (e.g. http://127.0.0.1:5000); empty: SQLite in the workdir."
+    )
+    experiment: str | None = Field(None, min_length=1, max_length=200, description="MLflow experiment.")
+    model_name: str | None = Field(None, min_length=1, max_length=200, description="Registered model name.")
+    pretrain_max_steps: int | None = Field(None, ge=1, le=10**8, description="Pre-training optimizer steps.")
+    pretrain_max_minutes: float | None = Field(
+        None, gt=0.0, le=60.0 * 24 * 30, description="Pre-training time budget (minutes)."
+    )
+    pretrain_batch_size: int | None = Field(None, ge=1, le=65536, description="Pre-training micro-batch.")
+    finetune_max_steps: int | None = Field(None, ge=1, le=10**7, description="Fine-tuning optimizer steps.")
+    finetune_lr: float | None = Field(None, gt=0.0, le=1.0, description="Fine-tuning peak learning rate.")
+    eval_max_examples_per_task: int | None = Field(
+        None, ge=1, le=10**7, description="Cap on dev examples scored per task (quick checks)."
+    )
+    baseline_random_init: bool | None = Field(
+        None, description="Also fine-tune from random init on the same budget (transfer baseline)."
+    )
+    demo_corpus_docs: int | None = Field(None, ge=10, le=10**6, description="tiny: synthetic corpus size.")
+    demo_train_examples: int | None = Field(None, ge=10, le=10**5, description="tiny: train examples/task.")
+    demo_dev_examples: int | None = Field(None, ge=10, le=10**5, description="tiny: dev examples/task.")
+    overrides: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Advanced: more preset overrides as section.field=value (TOML values).",
+    )
+
+    def override_list(self) -> list[str]:
+        """The set fields as ``section.field=value`` strings (values JSON-encoded: valid TOML)."""
+        chosen = [(path, getattr(self, name)) for name, path in OVERRIDES.items()]
+        return [f"{path}={json.dumps(value)}" for path, value in chosen if value is not None] + self.overrides
+
+    def to_config(self) -> PipelineConfig:
+        """The validated pipeline config (raises naming the field on a bad value)."""
+        return load_config(self.preset, Path(self.workdir), self.override_list())
