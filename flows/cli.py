@@ -56,7 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_promote_parser(sub)
     add_export_parser(sub)
+    add_evaluate_parser(sub)
     return parser
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint or registered model on dev sets")
+    evaluate.add_argument(
+        "model_uri", help="checkpoint dir, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/ID/PATH"
+    )
+    evaluate.add_argument("--data-dir", required=True, help="holds glue/<TASK>/dev*.tsv and squad/dev.json")
+    evaluate.add_argument("--tasks", nargs="+", required=True, help="task names, e.g. SST-2 MRPC STS-B SQuAD")
+    evaluate.add_argument("--workdir", type=Path, required=True, help="where the report is written")
+    evaluate.add_argument(
+        "--tracking-uri", help="MLflow URI for models:/ and runs:/ (default: workdir's SQLite)"
+    )
+    evaluate.add_argument("--max-seq-len", type=int, default=128)
 
 
 def add_server_parser(sub: argparse._SubParsersAction) -> None:
@@ -195,7 +210,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tasks.evaluate_uri import evaluate_model_uri
+    from tasks.evaluation import EvalConfig
+
+    cfg = EvalConfig(data_dir=args.data_dir, tasks=tuple(args.tasks), max_seq_len=args.max_seq_len)
+    report = evaluate_model_uri(args.model_uri, cfg, args.workdir, tracking_uri=args.tracking_uri)
+    for task, metrics in report["per_task"].items():
+        print(f"{task:<10} " + "  ".join(f"{name} {value:.2f}" for name, value in metrics.items()))
+    if "glue_avg" in report:
+        print(f"{report['glue_avg_name']}: {report['glue_avg']:.2f}")
+    print(f"report: {report['report_dir']}/report.json")
+    return 0
+
+
 COMMANDS = {
+    "evaluate": cmd_evaluate,
     "run": cmd_run,
     "presets": cmd_presets,
     "server": cmd_server,
