@@ -13,10 +13,13 @@ from tasks.corpus.minhash import (
     MinHasher,
     candidate_pairs,
     cluster_roots,
+    exact_jaccard,
+    first_kept_partner,
     jaccard_estimate,
     recall_bands,
     shingle_batch,
     shingle_hashes,
+    shingle_sets,
 )
 from tasks.corpus.shards import iter_doc_batches
 from tasks.dedup import DedupConfig, dedup
@@ -87,6 +90,14 @@ def test_candidate_pairs_and_clusters() -> None:
     assert cluster_roots(3, np.array([[1, 2]])).tolist() == [0, 1, 1]
 
 
+def test_first_kept_partner_drops_only_duplicates_of_kept_documents() -> None:
+    # 0~1, 1~2 (but not 0~2): 1 goes (duplicate of kept 0), 2 stays since its only partner is gone.
+    # 3 pairs with kept 0 and kept 2: reported against the lowest, 0. 4 pairs only with dropped 3.
+    pairs = np.array([[2, 3], [0, 1], [1, 2], [0, 3], [3, 4]])
+    assert first_kept_partner(5, pairs).tolist() == [0, 0, 2, 0, 4]
+    assert first_kept_partner(2, np.zeros((0, 2), dtype=np.int64)).tolist() == [0, 1]
+
+
 def test_dedup_removes_planted_exact_and_near_duplicates(tmp_path: Path) -> None:
     rng = np.random.default_rng(42)
     originals = [random_words(rng, 200) for _ in range(12)]
@@ -106,17 +117,18 @@ def test_dedup_removes_planted_exact_and_near_duplicates(tmp_path: Path) -> None
         {"id": "c.jsonl:15", "reason": "near", "kept_id": "c.jsonl:3"},
     ]
     report = json.loads(art.file("report.json").read_text())
-    assert report | {"bands": 0, "rows": 0, "verified_pairs": 0} == {
+    assert report["checked_pairs"] >= report["verified_pairs"] >= 1
+    ignored = {"bands": 0, "rows": 0, "candidate_pairs": 0, "checked_pairs": 0, "verified_pairs": 0}
+    assert report | ignored == {
         "input": 15,
         "kept": 13,
         "dropped_exact": 1,
         "dropped_near": 1,
         "duplicate_rate": 2 / 15,
-        "bands": 0,
-        "rows": 0,
-        "verified_pairs": 0,
+        **ignored,
     }
     assert sink.series("dropped_near") == [(0, 1.0)]
+    assert sink.series("verify_seconds")[0][1] >= 0.0
 
 
 def test_exact_only_keeps_near_duplicates(tmp_path: Path) -> None:
@@ -164,3 +176,58 @@ def test_worker_processes_give_the_same_result(tmp_path: Path, monkeypatch: pyte
     pooled = dedup(DedupConfig(batch_docs=4, workers=2), docs, workdir=tmp_path / "b", sink=MemorySink())
     assert inline.summary == pooled.summary and inline.summary["dropped_near"] == 5
     assert inline.file("dropped.jsonl").read_text() == pooled.file("dropped.jsonl").read_text()
+
+
+def test_exact_jaccard_of_shingle_sets() -> None:
+    texts = ["a b c d e f g", "", "short text", "a b c d e f g h i"]
+    sets = shingle_sets(texts, 5)
+    assert [s.tolist() for s in sets] == [shingle_hashes(t, 5).tolist() for t in texts]
+    assert exact_jaccard(sets[0], sets[3]) == pytest.approx(3 / 5)  # 3 shared 5-grams of 5 in all
+    assert exact_jaccard(sets[0], sets[2]) == 0.0
+    assert exact_jaccard(sets[1], sets[1]) == 1.0  # two empty sets: identical
+
+
+def test_exact_verification_keeps_pair_the_estimate_would_drop(tmp_path: Path) -> None:
+    # Three words edited in 100: 81 of 111 distinct 5-grams shared, true Jaccard 0.73 < 0.8. With
+    # 32 permutations (seed 0) the estimate for this pair is 0.84, and LSH proposes it.
+    words = random_words(np.random.default_rng(6), 100)
+    a, b = " ".join(words), " ".join(edit(words, [20, 50, 80]))
+    sig = MinHasher(32, 5, np.random.default_rng(0)).signatures([a, b])  # (2, 32), as dedup signs them
+    assert float(jaccard_estimate(sig[0], sig[1])) >= 0.8 > true_jaccard(a, b)
+    docs = ingest_texts(tmp_path, [a, b])
+    estimated = dedup(
+        DedupConfig(num_perm=32, verify="estimate"), docs, workdir=tmp_path / "e", sink=MemorySink()
+    )
+    assert estimated.summary["dropped_near"] == 1  # the estimate alone makes a false positive
+    exact = dedup(DedupConfig(num_perm=32), docs, workdir=tmp_path / "x", sink=MemorySink())
+    assert exact.summary["checked_pairs"] == 1 and exact.summary["verified_pairs"] == 0
+    assert exact.summary["kept"] == 2 and exact.summary["dropped_near"] == 0
+
+
+def test_exact_verification_across_batches_keeps_true_duplicates(tmp_path: Path) -> None:
+    # Near-duplicates far apart in the stream (other batches in between) and one document with two
+    # partners, so sets must be held across batches and freed only after their last pair.
+    rng = np.random.default_rng(11)
+    originals = [random_words(rng, 120) for _ in range(8)]
+    texts = [" ".join(w) for w in originals]
+    texts += [
+        " ".join(edit(originals[0], [60])),
+        " ".join(edit(originals[3], [30])),
+        " ".join(edit(originals[0], [90])),
+    ]
+    docs = ingest_texts(tmp_path, texts)
+    art = dedup(DedupConfig(batch_docs=2), docs, workdir=tmp_path / "w", sink=MemorySink())
+    dropped = [json.loads(line) for line in art.file("dropped.jsonl").read_text().splitlines()]
+    assert sorted((d["id"], d["kept_id"]) for d in dropped) == [
+        ("c.jsonl:10", "c.jsonl:4"),
+        ("c.jsonl:11", "c.jsonl:1"),
+        ("c.jsonl:9", "c.jsonl:1"),
+    ]
+    assert art.summary["verified_pairs"] >= 3
+
+
+def test_verify_config_validation() -> None:
+    with pytest.raises(ValueError):
+        DedupConfig(verify="approximate")
+    with pytest.raises(ValueError):
+        DedupConfig(verify_margin=-0.1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, pairwise
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -71,6 +71,24 @@ def shingle_batch(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndar
 def shingle_hashes(text: str, ngram: int) -> np.ndarray:
     """Distinct shingle hashes of one text -> (n_shingles,) uint32, sorted (for exact Jaccard)."""
     return np.unique(shingle_batch([text], ngram)[0])
+
+
+def shingle_sets(texts: Sequence[str], ngram: int) -> list[np.ndarray]:
+    """Distinct shingle hashes of each text -> one sorted (n_shingles,) uint32 array per text.
+
+    One batched ``shingle_batch`` call, then a split at document boundaries: the exact-Jaccard
+    check of dedup needs the full sets of a few thousand documents at a time, not signatures.
+    """
+    hashes, doc_of = shingle_batch(texts, ngram)  # (S,), (S,) doc_of ascending
+    bounds = np.searchsorted(doc_of, np.arange(len(texts) + 1))  # (N+1,) start of each text's run
+    return [np.unique(hashes[lo:hi]) for lo, hi in pairwise(bounds.tolist())]
+
+
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted distinct hash arrays (1.0 when both are empty)."""
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - inter
+    return inter / union if union else 1.0
 
 
 class MinHasher:
@@ -155,6 +173,23 @@ def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray
         star = np.stack([first[1:][same], order[1:][same]], axis=1)
         found += [chain, star]
     return np.unique(np.concatenate(found), axis=0)
+
+
+def first_kept_partner(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Greedy in index order: for each of n items, itself if kept, else the lowest kept item it
+    is paired with -> (n,) int64. Pairs are (i, j) with i < j.
+
+    An item is dropped only when a verified pair links it to an item that is itself kept, so
+    every dropped item is truly similar to the item it is reported against. Union-find's
+    transitive clusters (``cluster_roots``) would drop C for A through A ~ B ~ C even when A
+    and C are not similar; on the Wikipedia slice that made 1.4 % of dropped pairs < 0.8.
+    """
+    root = list(range(n))
+    order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by j, then i: a j's earlier items are settled
+    for i, j in pairs[order].tolist():
+        if root[j] == j and root[i] == i:
+            root[j] = i
+    return np.asarray(root, dtype=np.int64)
 
 
 def cluster_roots(n: int, pairs: np.ndarray) -> np.ndarray:
