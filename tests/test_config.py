@@ -35,7 +35,7 @@ def test_configs_are_frozen(tmp_path: Path) -> None:
 
 
 def test_bad_values_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="pretrain.max_steps"):
+    with pytest.raises(ValidationError, match=r"pretrain\.max_steps"):
         load_config("tiny", tmp_path, ["pretrain.max_steps=-1"])
     with pytest.raises(ValidationError, match="no_such_field"):
         load_config("tiny", tmp_path, ["dedup.no_such_field=1"])
@@ -44,5 +44,5 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
 def test_unknown_preset_and_malformed_override(tmp_path: Path) -> None:
     with pytest.raises(PresetError, match="unknown preset"):
         load_config("nope", tmp_path)
-    with pytest.raises(PresetError, match="section.field=value"):
+    with pytest.raises(PresetError, match=r"section\.field=value"):
         apply_override({}, "no-equals-sign")
