@@ -1,13 +1,15 @@
 """Seeded synthetic corpus and downstream tasks for the offline demo.
 
 A fresh clone has no real data, yet the demo must *show* that pre-training helps fine-tuning.
-So we generate a tiny "language" with latent structure: a few hundred made-up words grouped
-into latent classes (positive / negative adjectives, synonym clusters of nouns and verbs,
-names, places, colors, numbers) glued together by a handful of English function words.
+So we generate a tiny "language" with latent structure: ~130 made-up words grouped into a few
+latent classes (positive / negative adjectives, synonym clusters of nouns and verbs, names, places,
+colors, numbers) glued together by a handful of English function words.
 
-* The pre-training corpus uses every word. Its grammar puts words of one class in the same
-  contexts, keeps a document's polarity and topic coherent and restates sentences with
-  synonyms, so masked-LM pre-training can learn the classes.
+* The pre-training corpus uses every word, each hundreds of times, in short sentences that put
+  it right next to a fixed English cue word of its class: "felt happy because the X was <positive>",
+  "the <noun> is a kind of animal", "to <verb> is to move", "the color <color>". The signal is first
+  order and local, so a tiny masked LM learns the classes within a few hundred steps: predicting a
+  masked cue from the made-up word shapes that word's input embedding, which fine-tuning reuses.
 * Every class is split once into ``visible`` and ``heldout`` words. Fine-tuning train sets draw
   only visible words; dev sets draw mostly held-out words, whose class a model can only know
   from pre-training. A randomly initialised model fine-tuned on the same small train set sees
@@ -42,32 +44,32 @@ CODAS = ("", "", "", "n", "r", "l", "s")
 
 NEUTRAL_VERBS = ("likes", "mentions", "remembers", "wants", "keeps")  # say nothing about the object's class
 QUESTION_WORDS = {"colors": "color", "places": "place", "numbers": "number", "feelings": "feeling"}
+# Fixed English cue words, one per class, that the corpus puts right next to class members. Masked-LM
+# predicts a cue from the made-up word (and the word from its cue), so after a few hundred steps a
+# made-up word's embedding already says which class it belongs to: a FIRST-ORDER, local signal.
+MOODS = {"positive": ("happy", "glad"), "negative": ("sad", "angry")}
+NOUN_HYPERNYMS = ("animal", "tool", "fruit", "vehicle", "building", "plant", "drink", "garment")
+VERB_HYPERNYMS = ("move", "eat", "build", "watch", "carry", "break")
 
-# Corpus grammar. Slots are {kind} or {kind2}; kinds: name, noun, verb, place, color, number, sent, nv.
-# Class-specific contexts ("lives in {place}", "the color of ... is {color}") and the SQuAD question
-# words (color, place, number, feeling) next to their class members let masked-LM learn the classes.
-CORPUS_TEMPLATES = (
-    "{name} lives in {place} .",
-    "{name} and {name2} went to {place} .",
-    "{name} moved to a place called {place} .",
-    "the color of the {noun} is {color} .",
-    "{name} painted the {noun} {color} .",
-    "{name} has {number} {noun} .",
-    "the number of {noun} in {place} was {number} .",
-    "the {noun} was {sent} .",
-    "{name} had a {sent} feeling about the {noun} .",
-    "it was a {sent} and {sent2} day in {place} .",
-    "{name} {verb} the {noun} .",
-    "{name} {verb} the {noun} near the {noun2} .",
-    "{name2} {verb} the {noun} and {verb2} the {noun2} .",
-    "{name} {nv} the {noun} .",
-    # The glue words of the downstream templates, so the corpus tokenizer knows every word they use.
-    "{name} said the {noun} was {sent} .",
-    "{name} found the {noun} rather {sent} .",
-    "what a {sent} day for {name} .",
-    "the {noun} that {name} {verb} was {color} .",
-    "after {name} {verb} the {noun} , {name2} {verb2} the {noun2} , then went to {place} .",
-    "{name} {verb} the {noun} , which was {color} .",
+# Corpus grammar. Slots are {kind} or {kind2}; class kinds: name, noun, verb, place, color, number, sent,
+# nv; derived kinds: mood (a cue word of the sentence's polarity), hyper / vhyper (the hypernym of the
+# {noun} / {verb} slot's cluster), syn (another word of the {noun} slot's cluster).
+CUE_TEMPLATES = (
+    "{name} felt {mood} because the {noun} was {sent} .",
+    "the {noun} was {sent} , so {name} felt {mood} .",
+    "a {sent} {noun} made {name} {mood} .",
+    "{name} was {mood} , the {noun} was so {sent} .",
+    "the {noun} is a kind of {hyper} .",
+    "a {noun} , also called a {syn} , is a {hyper} .",
+    "{name} saw a {hyper} called a {noun} in {place} .",
+    "to {verb} is to {vhyper} .",
+    "{name} {verb} the {noun} , so {name} {vhyper} the {hyper} .",
+    "{name} lives in the town of {place} .",
+    "{name} went from the town of {place} to {place2} .",
+    "{name} painted the {noun} the color {color} .",
+    "the color {color} is like the color {color2} .",
+    "{name} counted {number} {noun} .",
+    "the number {number} is bigger than {number2} .",
     "what color is linked to {name} ? it is {color} .",
     "what place is linked to {name} ? it is {place} .",
     "what number is linked to {name} ? it is {number} .",
@@ -75,28 +77,32 @@ CORPUS_TEMPLATES = (
 )
 
 SST_TEMPLATES = (
-    "the {noun} in {place} was {sent} .",
-    "{name} said the {noun} was {sent} and {sent2} .",
-    "a {sent} {noun} , {sent2} and {color} .",
-    "{name} found the {noun} rather {sent} .",
-    "what a {sent} day for {name} in {place} .",
+    "the {noun} was {sent} .",
+    "{name} found the {noun} {sent} .",
+    "a {sent} {noun} in {place} .",
+    "the {noun} was {sent} and {sent2} .",
 )
 
 # Paraphrase families: templates with the same slots, so a sentence can be restated in another order.
+# Each has 1-3 cluster slots, so STS-B scores (5 x share of kept clusters) take several values.
 PARAPHRASE_FAMILIES = (
+    ("{name} saw the {noun} in {place} .", "in {place} , {name} saw the {noun} ."),
+    ("{name} {verb} the {noun} .", "the {noun} , {name} {verb} it ."),
+    ("the {noun} and the {noun2} were in {place} .", "in {place} were the {noun} and the {noun2} ."),
     ("{name} {verb} the {noun} near the {noun2} .", "near the {noun2} , {name} {verb} the {noun} ."),
-    (
-        "in {place} , {name} {verb} the {noun} and the {noun2} .",
-        "{name} {verb} the {noun} and the {noun2} in {place} .",
-    ),
-    ("the {noun} that {name} {verb} was {color} .", "{name} {verb} the {noun} , which was {color} ."),
-    (
-        "{name} {verb} the {noun} , then {name2} {verb2} the {noun2} .",
-        "after {name} {verb} the {noun} , {name2} {verb2} the {noun2} .",
-    ),
-    ("the {noun} {verb} the {noun2} and the {noun3} .", "the {noun} {verb} the {noun3} and the {noun2} ."),
 )
 CLUSTER_KINDS = ("noun", "verb")  # the kinds whose classes are synonym clusters
+# The corpus also uses the downstream sentence shapes, so the tokenizer knows their every word.
+CORPUS_TEMPLATES = (
+    *CUE_TEMPLATES,
+    *SST_TEMPLATES,
+    *(t for fam in PARAPHRASE_FAMILIES for t in fam),
+    "{name} {nv} {color} .",  # the SQuAD fact shape, with each answer class
+    "{name} {nv} {place} .",
+    "{name} {nv} {number} .",
+    "{name} {nv} {sent} .",
+)
+CUE_SHARE = 0.7  # share of corpus sentences drawn from CUE_TEMPLATES (the rest: any template)
 
 STSB_HEADER = (
     "index",
@@ -129,14 +135,14 @@ class DemoDataPaths:
 class LexiconSpec:
     """Sizes of the latent classes (per class, except the cluster counts)."""
 
-    n_sentiment: int = 20  # adjectives per polarity
-    n_noun_clusters: int = 24
-    n_verb_clusters: int = 12
-    cluster_size: int = 6  # synonyms per cluster
-    n_names: int = 30
-    n_places: int = 24
-    n_colors: int = 16
-    n_numbers: int = 16
+    n_sentiment: int = 10  # adjectives per polarity
+    n_noun_clusters: int = 4  # at most len(NOUN_HYPERNYMS)
+    n_verb_clusters: int = 3  # at most len(VERB_HYPERNYMS)
+    cluster_size: int = 8  # synonyms per cluster
+    n_names: int = 12
+    n_places: int = 10
+    n_colors: int = 10
+    n_numbers: int = 10
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,11 @@ class Lexicon:
 
     def clusters(self, kind: str) -> tuple[WordClass, ...]:
         return self.nouns if kind == "noun" else self.verbs
+
+    def hypernym(self, kind: str, cluster: WordClass) -> str:
+        """The English cue word of a noun / verb cluster ('animal', 'move', ...)."""
+        names = NOUN_HYPERNYMS if kind == "noun" else VERB_HYPERNYMS
+        return names[self.clusters(kind).index(cluster)]
 
 
 @dataclass(frozen=True)
@@ -231,9 +242,9 @@ def template_words(templates: Sequence[str]) -> set[str]:
 
 
 def reserved_words() -> set[str]:
-    families = [t for fam in PARAPHRASE_FAMILIES for t in fam]
-    glue = template_words((*CORPUS_TEMPLATES, *SST_TEMPLATES, *families, "what is linked to ?"))
-    return glue | set(NEUTRAL_VERBS) | set(QUESTION_WORDS.values())
+    glue = template_words((*CORPUS_TEMPLATES, "what is linked to ?"))
+    cues = {w for moods in MOODS.values() for w in moods} | set(NOUN_HYPERNYMS) | set(VERB_HYPERNYMS)
+    return glue | cues | set(NEUTRAL_VERBS) | set(QUESTION_WORDS.values())
 
 
 def made_up_words(n: int, rng: np.random.Generator) -> list[str]:
@@ -264,6 +275,14 @@ def build_lexicon(spec: LexiconSpec, heldout_frac: float, rng: np.random.Generat
     """
     if spec.cluster_size < 4:
         raise DemoDataError(f"cluster_size must be >= 4 (2 visible + 2 held-out), got {spec.cluster_size}")
+    if not (
+        2 <= spec.n_noun_clusters <= len(NOUN_HYPERNYMS) and 2 <= spec.n_verb_clusters <= len(VERB_HYPERNYMS)
+    ):
+        raise DemoDataError(
+            f"n_noun_clusters must be in [2, {len(NOUN_HYPERNYMS)}] and n_verb_clusters in "
+            f"[2, {len(VERB_HYPERNYMS)}] (one English hypernym each), got "
+            f"{spec.n_noun_clusters} and {spec.n_verb_clusters}"
+        )
     sizes = [spec.n_sentiment, spec.n_sentiment, spec.n_names, spec.n_places, spec.n_colors, spec.n_numbers]
     n_visible = min(n - min(max(round(n * heldout_frac), 1), n - 1) for n in sizes)
     if min(sizes) < 2 or n_visible < 3:  # a SQuAD-like train paragraph may need 3 distinct words of a class
@@ -332,11 +351,31 @@ def corpus_slot_class(slot: str, topic: DocTopic, lex: Lexicon, rng: np.random.G
     return {"place": lex.places, "color": lex.colors, "number": lex.numbers}[kind]
 
 
+DERIVED_KINDS = ("mood", "hyper", "vhyper", "syn")  # filled from other slots, after them
+
+
+def derived_word(slot: str, filled: Filled, topic: DocTopic, lex: Lexicon, rng: np.random.Generator) -> str:
+    """A cue word agreeing with the sentence: its mood, its noun's or verb's hypernym, a synonym."""
+    if slot == "mood":
+        moods = MOODS[topic.polarity.name]
+        return moods[int(rng.integers(len(moods)))]
+    if slot == "syn":
+        cluster, word = filled["noun"]
+        return Split("corpus").draw(cluster, rng, frozenset({w for _, w in filled.values()} | {word}))
+    kind = "noun" if slot == "hyper" else "verb"
+    return lex.hypernym(kind, filled[kind][0])
+
+
 def fill_corpus_sentence(template: str, topic: DocTopic, lex: Lexicon, rng: np.random.Generator) -> Filled:
-    """Fill one corpus sentence; names come from the document's cast, places mostly its home."""
+    """Fill one corpus sentence; names come from the document's cast, places mostly its home.
+
+    A slot repeated in a template ('{name} ... so {name} ...') holds one word; cue slots are
+    filled last, from the words they must agree with.
+    """
     corpus, filled, used = Split("corpus"), {}, set()
     cast = [str(w) for w in rng.permutation(topic.cast)]
-    for slot in slot_names(template):
+    slots = list(dict.fromkeys(slot_names(template)))
+    for slot in [s for s in slots if s not in DERIVED_KINDS]:
         if slot_kind(slot) == "name":
             word, wc = cast.pop(), lex.names
         elif slot == "place" and rng.random() < 0.6:
@@ -346,6 +385,10 @@ def fill_corpus_sentence(template: str, topic: DocTopic, lex: Lexicon, rng: np.r
             word = corpus.draw(wc, rng, frozenset(used))
         filled[slot] = (wc, word)
         used.add(word)
+    for slot in [s for s in slots if s in DERIVED_KINDS]:
+        word = derived_word(slot, filled, topic, lex, rng)
+        cue_class = filled["noun"][0] if slot == "syn" else WordClass(slot, (word,), ())
+        filled[slot] = (cue_class, word)
     return filled
 
 
@@ -360,11 +403,13 @@ def restate_with_synonyms(filled: Filled, rng: np.random.Generator) -> dict[str,
 
 
 def corpus_document(lex: Lexicon, rng: np.random.Generator, restate_prob: float) -> str:
-    """A topical document of 6-12 sentences, sometimes restating a sentence 'in other words'."""
+    """A topical document of 6-12 short sentences, most of them putting a class word next to its cue
+    word, sometimes restating a sentence 'in other words'."""
     topic = draw_topic(lex, rng)
     sentences = []
     for _ in range(int(rng.integers(6, 13))):
-        template = CORPUS_TEMPLATES[int(rng.integers(len(CORPUS_TEMPLATES)))]
+        pool = CUE_TEMPLATES if rng.random() < CUE_SHARE else CORPUS_TEMPLATES
+        template = pool[int(rng.integers(len(pool)))]
         filled = fill_corpus_sentence(template, topic, lex, rng)
         sentences.append(render(template, {s: w for s, (_, w) in filled.items()}))
         has_cluster = any(slot_kind(s) in CLUSTER_KINDS for s in filled)
@@ -547,11 +592,11 @@ def join_tokens(tokens: Sequence[str]) -> tuple[str, list[int]]:
 
 
 def squad_facts(lex: Lexicon, split: Split, rng: np.random.Generator) -> list[tuple[str, str, str]]:
-    """(name, class key, word) facts: 2-3 people with 3 attributes each, all words distinct."""
+    """(name, class key, word) facts: 1-2 people with 3 attributes each, all words distinct."""
     classes = {"colors": lex.colors, "places": lex.places, "numbers": lex.numbers}
     used: set[str] = set()
     facts = []
-    for _ in range(int(rng.integers(2, 4))):
+    for _ in range(int(rng.integers(1, 3))):
         name = split.draw(lex.names, rng, frozenset(used))
         used.add(name)
         for key in rng.choice(sorted(QUESTION_WORDS), size=3, replace=False).tolist():
@@ -753,7 +798,7 @@ def generate_demo_data(
     heldout_frac: float = 0.5,
     dev_heldout_prob: float = 0.9,
     label_noise: float = 0.0,
-    restate_prob: float = 0.25,
+    restate_prob: float = 0.1,
     n_exact_dups: int = 20,
     n_near_dups: int = 20,
     docs_per_shard: int = 2000,

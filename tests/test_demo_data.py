@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from tasks.demo_data import (
+    MOODS,
     MRPC_HEADER,
+    NOUN_HYPERNYMS,
     STSB_HEADER,
     DemoDataError,
     LexiconSpec,
@@ -181,6 +183,28 @@ def test_sst2_label_is_polarity_of_sentiment_words(demo: Path) -> None:
             assert {polarity[w] for w in sentence.split() if w in polarity} == {int(label)}
 
 
+def test_cue_words_next_to_class_words_reveal_every_class(demo: Path) -> None:
+    """The first-order signal masked-LM needs: counting which cue word shares a sentence with a made-up
+    word recovers its class for every sentiment adjective and every noun (held-out ones included)."""
+    classes = lexicon(demo)
+    cue_of = {m: pol for pol, moods in MOODS.items() for m in moods}
+    nouns = sorted(name for name in classes if name.startswith("noun"))
+    cue_of |= {NOUN_HYPERNYMS[i]: name for i, name in enumerate(nouns)}
+    counts: dict[str, dict[str, int]] = {}
+    for path in (demo / "corpus").glob("part-*.jsonl"):
+        for line in path.open(encoding="utf-8"):
+            for sentence in json.loads(line)["text"].split(" . "):
+                tokens = sentence.split()
+                cues = [cue_of[t] for t in tokens if t in cue_of]
+                for word in tokens:
+                    for cue in cues:
+                        counts.setdefault(word, {}).setdefault(cue, 0)
+                        counts[word][cue] += 1
+    for name in ("positive", "negative", *nouns):
+        for word in classes[name]["visible"] + classes[name]["heldout"]:
+            assert max(counts[word], key=counts[word].get) == name, (word, counts[word])
+
+
 def test_split_draw_respects_parts() -> None:
     wc = WordClass("c", ("a", "b"), ("x", "y"))
     rng = np.random.default_rng(0)
@@ -199,6 +223,7 @@ def test_split_draw_respects_parts() -> None:
         ({"label_noise": 0.7}, "label_noise"),
         ({"lexicon": LexiconSpec(cluster_size=3)}, "cluster_size"),
         ({"lexicon": LexiconSpec(n_colors=4)}, "3 visible"),
+        ({"lexicon": LexiconSpec(n_noun_clusters=len(NOUN_HYPERNYMS) + 1)}, "n_noun_clusters"),
         ({"n_corpus_docs": 5, "n_exact_dups": 20}, "cannot plant"),
     ],
 )
