@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_default_env(getattr(args, "workdir", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     try:
         return COMMANDS[args.command](args)
     except (ValueError, OSError, RuntimeError, ArithmeticError) as exc:
