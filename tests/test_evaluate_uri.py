@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
+from word_tokenizer import word_tokenizer
 
 from models.config import EncoderConfig
 from models.heads import HeadSpec
@@ -22,16 +23,7 @@ WORDS = ("a", "man", "dog", "runs", "sleeps", "cat", "sat", "good", "bad")
 
 
 def tiny_tokenizer() -> Tokenizer:
-    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "."])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return tok
+    return word_tokenizer([*WORDS, "."])
 
 
 @pytest.fixture(scope="module")

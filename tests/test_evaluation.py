@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
+from word_tokenizer import word_tokenizer
 
 from models.config import EncoderConfig
 from models.heads import HeadSpec
@@ -29,16 +30,7 @@ LABELS = ("entailment", "neutral", "contradiction")
 
 def tiny_tokenizer() -> Tokenizer:
     """Word-level WordPiece over WORDS with the project's fixed special ids and BERT template."""
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, ".", "?"])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return tok
+    return word_tokenizer([*WORDS, ".", "?"])
 
 
 def write_dev_sets(data: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
+from word_tokenizer import word_tokenizer
 
 from models.config import EncoderConfig
 from models.io import load_multitask, read_weights, save_checkpoint
@@ -25,18 +26,7 @@ WORDS += ("cat", "dog", "sat", "on", "the", "mat")
 
 
 def tiny_tokenizer() -> Tokenizer:
-    """Word-level WordPiece over WORDS with the project's fixed special ids and BERT template."""
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {tok: i for i, tok in enumerate([*specials, *WORDS, ".", "?"])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return tok
+    return word_tokenizer([*WORDS, ".", "?"])
 
 
 def tiny_checkpoint(path: Path) -> Artifact:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
+from word_tokenizer import word_tokenizer, words_of
 
 from tasks.downstream.features import encode_squad, window_starts
 from tasks.downstream.spans import best_spans
@@ -68,19 +69,8 @@ def test_not_squad_json(tmp_path: Path) -> None:
 
 
 def tiny_tokenizer(texts: list[str]) -> Tokenizer:
-    """A lower-casing WordPiece tokenizer over the texts' words, with the project's fixed special ids."""
-    words = sorted({w for t in texts for w in pre_tokenizers.BertPreTokenizer().pre_tokenize_str(t.lower())})
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {tok: i for i, tok in enumerate(specials + [w for w, _ in words])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return tok
+    """Lower-casing WordPiece over the texts' words with the project's fixed special ids."""
+    return word_tokenizer(words_of(texts))
 
 
 LONG_CONTEXT = " ".join(f"Word{i}" for i in range(100)) + "."  # 101 tokens: "word0" ... "word99" "."

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer
+from word_tokenizer import word_tokenizer, words_of
 
 from models.config import EncoderConfig
 from models.heads import HeadSpec
@@ -40,19 +41,8 @@ def squad_json(qas: list[dict], context: str = CONTEXT) -> dict:
 
 
 def tiny_tokenizer(texts: list[str]) -> Tokenizer:
-    """Lower-casing WordPiece over the texts' words (dense ids) with the project's fixed special ids."""
-    split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
-    words = sorted({w for t in texts for w, _ in split(t.lower())})
-    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
-    )
-    return tok
+    """Lower-casing WordPiece over the texts' words with the project's fixed special ids."""
+    return word_tokenizer(words_of(texts))
 
 
 def _write(path: Path, qas: list[dict], context: str = CONTEXT) -> Path:
