@@ -27,6 +27,17 @@ import numpy as np
 _PUNCT = frozenset(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
+# gold answers in the Hugging Face SQuAD layout, shared by the v1.1 and v2.0 metrics
+ANSWERS = datasets.Sequence({"text": datasets.Value("string"), "answer_start": datasets.Value("int32")})
+
+
+class InMemoryMetric(evaluate.Metric):
+    """An `evaluate.Metric` that keeps its buffer in memory by default (no cache files, no network)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("keep_in_memory", True)
+        super().__init__(**kwargs)
+
 
 def normalize_answer(text: str) -> str:
     """Official SQuAD normalisation: lower, strip punctuation, strip articles, collapse whitespace."""
@@ -48,7 +59,7 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-class SquadMetric(evaluate.Metric):
+class SquadMetric(InMemoryMetric):
     """SQuAD v1.1 EM / F1 in the HF input layout, without the Hub.
 
     predictions: ``{"id": str, "prediction_text": str}``; references: ``{"id": str,
@@ -57,14 +68,7 @@ class SquadMetric(evaluate.Metric):
     prediction (a missing one is an error, not a silent zero).
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        kwargs.setdefault("keep_in_memory", True)
-        super().__init__(**kwargs)
-
     def _info(self) -> evaluate.MetricInfo:
-        answers = datasets.Sequence(
-            {"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}
-        )
         return evaluate.MetricInfo(
             description="SQuAD v1.1 exact match and token F1, max over gold answers, on a 0-100 scale.",
             citation="Rajpurkar et al., SQuAD: 100,000+ Questions for Machine Comprehension, EMNLP 2016.",
@@ -75,7 +79,7 @@ class SquadMetric(evaluate.Metric):
                         "id": datasets.Value("string"),
                         "prediction_text": datasets.Value("string"),
                     },
-                    "references": {"id": datasets.Value("string"), "answers": answers},
+                    "references": {"id": datasets.Value("string"), "answers": ANSWERS},
                 }
             ),
         )
@@ -133,7 +137,7 @@ def best_threshold(na_scores: np.ndarray, answered: np.ndarray, abstained: np.nd
     return 100.0 * best_score / len(na_scores), best_thresh
 
 
-class SquadV2Metric(evaluate.Metric):
+class SquadV2Metric(InMemoryMetric):
     """SQuAD v2.0 EM / F1 with no-answer scoring, in the HF ``squad_v2`` input layout, without the Hub.
 
     predictions: ``{"id", "prediction_text", "no_answer_probability"}`` where prediction_text
@@ -146,14 +150,7 @@ class SquadV2Metric(evaluate.Metric):
     questions exist), best_exact, best_exact_thresh, best_f1, best_f1_thresh.
     """
 
-    def __init__(self, **kwargs: object) -> None:
-        kwargs.setdefault("keep_in_memory", True)
-        super().__init__(**kwargs)
-
     def _info(self) -> evaluate.MetricInfo:
-        answers = datasets.Sequence(
-            {"text": datasets.Value("string"), "answer_start": datasets.Value("int32")}
-        )
         return evaluate.MetricInfo(
             description="SQuAD v2.0 exact match / F1 with no-answer threshold tuning, on a 0-100 scale.",
             citation="Rajpurkar et al., Know What You Don't Know: Unanswerable Questions for SQuAD, 2018.",
@@ -166,7 +163,7 @@ class SquadV2Metric(evaluate.Metric):
                         "prediction_text": datasets.Value("string"),
                         "no_answer_probability": datasets.Value("float64"),
                     },
-                    "references": {"id": datasets.Value("string"), "answers": answers},
+                    "references": {"id": datasets.Value("string"), "answers": ANSWERS},
                 }
             ),
         )
