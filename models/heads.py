@@ -1,10 +1,13 @@
 """Task heads that sit on top of the encoder's hidden states (B, T, H).
 
-Sentence-level heads (classification, regression) read the [CLS] position through their own
-BERT pooler (dense + tanh): each task gets its own pooler because pre-training here has no
-next-sentence objective to train a shared one. The MLM head is tied to the word embeddings and
-only ever sees the hidden states of masked positions, which is where most of the pre-training
-compute would otherwise go (the H x V decoder on every token).
+Sentence-level heads (classification, regression) pool the sequence through their own BERT
+pooler (dense + tanh): each task gets its own pooler because pre-training here has no
+next-sentence objective to train a shared one. The pooler reads [CLS] (BERT) or the mean of the
+non-padding positions: MLM never trains [CLS] to summarise the input, so after a short
+pre-training budget the mean of the token states holds more of what was learned (measured in
+BENCHMARKS.md, glue_bench). The MLM head is tied to the word embeddings and only ever sees the
+hidden states of masked positions, which is where most of the pre-training compute would
+otherwise go (the H x V decoder on every token).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from models.config import EncoderConfig
 from models.encoder import init_bert_weights
 
 HeadKind = Literal["classification", "regression", "span"]
+Pooling = Literal["cls", "mean"]
 
 # Span logits at padding positions: very negative so softmax gives them ~0 probability, but finite
 # so bf16/fp16 arithmetic on them never produces NaN.
@@ -32,11 +36,14 @@ class HeadSpec:
 
     kind: HeadKind
     num_labels: int | None = None
+    pooling: Pooling = "cls"  # sentence-level heads only; a span head reads every position
 
     def __post_init__(self) -> None:
         fixed = {"regression": 1, "span": 2}
         if self.kind not in ("classification", "regression", "span"):
             raise ValueError(f"HeadSpec.kind must be classification|regression|span, got {self.kind!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"HeadSpec.pooling must be cls|mean, got {self.pooling!r}")
         if self.kind in fixed:
             if self.num_labels not in (None, fixed[self.kind]):
                 raise ValueError(
@@ -51,46 +58,58 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
-        return cls(kind=data["kind"], num_labels=data.get("num_labels"))
+        # checkpoints written before pooling existed pooled [CLS]
+        return cls(kind=data["kind"], num_labels=data.get("num_labels"), pooling=data.get("pooling", "cls"))
 
 
 class Pooler(nn.Module):
-    """[CLS] hidden state -> dense -> tanh, as in BERT."""
+    """[CLS] (or masked-mean) hidden state -> dense -> tanh, as in BERT."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, pooling: Pooling = "cls") -> None:
         super().__init__()
+        self.pooling = pooling
         self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        return torch.tanh(self.dense(hidden[:, 0]))  # (B, T, H) -> (B, H)
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return torch.tanh(self.dense(pool(hidden, attention_mask, self.pooling)))  # (B, H)
+
+
+def pool(hidden: Tensor, attention_mask: Tensor | None, pooling: Pooling) -> Tensor:
+    """(B, T, H) -> (B, H): the [CLS] state, or the mean over positions the mask marks real."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 class ClassificationHead(nn.Module):
     """(B, T, H) -> class logits (B, C)."""
 
-    def __init__(self, cfg: EncoderConfig, num_labels: int) -> None:
+    def __init__(self, cfg: EncoderConfig, num_labels: int, pooling: Pooling = "cls") -> None:
         super().__init__()
-        self.pooler = Pooler(cfg)
+        self.pooler = Pooler(cfg, pooling)
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         self.apply(init_bert_weights)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.classifier(self.dropout(self.pooler(hidden)))  # (B, C)
+        return self.classifier(self.dropout(self.pooler(hidden, attention_mask)))  # (B, C)
 
 
 class RegressionHead(nn.Module):
     """(B, T, H) -> one score per example (B,), e.g. STS-B similarity."""
 
-    def __init__(self, cfg: EncoderConfig) -> None:
+    def __init__(self, cfg: EncoderConfig, pooling: Pooling = "cls") -> None:
         super().__init__()
-        self.pooler = Pooler(cfg)
+        self.pooler = Pooler(cfg, pooling)
         self.dropout = nn.Dropout(cfg.dropout)
         self.regressor = nn.Linear(cfg.hidden_size, 1)
         self.apply(init_bert_weights)
 
     def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.regressor(self.dropout(self.pooler(hidden))).squeeze(-1)  # (B, 1) -> (B,)
+        return self.regressor(self.dropout(self.pooler(hidden, attention_mask))).squeeze(-1)  # (B, 1) -> (B,)
 
 
 class SpanHead(nn.Module):

@@ -16,9 +16,9 @@ def build_head(cfg: EncoderConfig, spec: HeadSpec) -> nn.Module:
     """The nn.Module for a head spec."""
     if spec.kind == "classification":
         assert spec.num_labels is not None  # HeadSpec guarantees it; narrows the type
-        return ClassificationHead(cfg, spec.num_labels)
+        return ClassificationHead(cfg, spec.num_labels, spec.pooling)
     if spec.kind == "regression":
-        return RegressionHead(cfg)
+        return RegressionHead(cfg, spec.pooling)
     return SpanHead(cfg)
 
 

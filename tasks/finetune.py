@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from models.heads import HeadSpec
+from models.heads import HeadSpec, Pooling
 from models.io import load_multitask, read_encoder_config, save_checkpoint
 from models.multitask import MultiTaskModel
 from tasks.artifacts import Artifact, build_stage, fingerprint
@@ -119,6 +119,10 @@ class FinetuneConfig(BaseModel):
         ge=0,
         le=10**7,
         description="Gradual unfreezing: heads first, one more layer (top first) every N steps (0: off).",
+    )
+    pooling: Pooling = Field(
+        "cls",
+        description="Sentence-level heads read [CLS] (BERT) or the mean of the token states (short budgets).",
     )
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Fraction of steps of linear warmup.")
     max_steps: int = Field(1000, ge=1, le=10**7, description="Optimizer steps over the whole mixture.")
@@ -229,9 +233,9 @@ class MultiTaskBatchSource:
         return batch
 
 
-def head_specs(specs: Sequence[TaskSpec]) -> dict[str, HeadSpec]:
-    """One head per task, sized by the task's label set."""
-    return {s.name: HeadSpec(kind=s.kind, num_labels=s.num_labels) for s in specs}
+def head_specs(specs: Sequence[TaskSpec], pooling: Pooling) -> dict[str, HeadSpec]:
+    """One head per task, sized by the task's label set; sentence-level heads pool as asked."""
+    return {s.name: HeadSpec(kind=s.kind, num_labels=s.num_labels, pooling=pooling) for s in specs}
 
 
 def build_model(
@@ -246,8 +250,8 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if cfg.init == "random":
-            return MultiTaskModel(encoder_cfg, head_specs(specs))
-        return load_multitask(checkpoint_dir, heads=head_specs(specs))
+            return MultiTaskModel(encoder_cfg, head_specs(specs, cfg.pooling))
+        return load_multitask(checkpoint_dir, heads=head_specs(specs, cfg.pooling))
 
 
 def single_head_copy(model: MultiTaskModel, name: str) -> MultiTaskModel:

@@ -251,6 +251,17 @@ def test_multitask_then_single_continues_from_the_shared_model(tiny_setup: tuple
     assert set(report["per_task"]) == {"STS-B"}
 
 
+def test_mean_pooling_is_saved_with_the_heads_and_used_by_evaluation(
+    tiny_setup: tuple[Path, Artifact],
+) -> None:
+    root, checkpoint = tiny_setup
+    cfg = small_cfg(root / "data", pooling="mean", max_steps=4)
+    out = finetune(cfg, checkpoint, workdir=root / "work", sink=MemorySink())
+    assert {spec.pooling for spec in load_multitask(out.dir).head_specs.values()} == {"mean"}
+    report = _eval_report(root, out, cfg.tasks)
+    assert set(report["per_task"]) == set(cfg.tasks)
+
+
 def test_several_seeds_keep_the_median_seed_and_report_medians(tiny_setup: tuple[Path, Artifact]) -> None:
     root, checkpoint = tiny_setup
     cfg = small_cfg(root / "data", seeds=(0, 1, 2), max_steps=6)

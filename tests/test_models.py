@@ -10,7 +10,7 @@ import torch
 
 from models.config import SIZES, ConfigError, EncoderConfig
 from models.encoder import BertEncoder
-from models.heads import SPAN_PAD_LOGIT, HeadSpec
+from models.heads import SPAN_PAD_LOGIT, HeadSpec, pool
 from models.io import CheckpointError, load_multitask, load_pretraining, read_config, save_checkpoint
 from models.multitask import MultiTaskModel
 from models.pretraining import BertForMaskedLM
@@ -178,6 +178,39 @@ def test_head_spec_validation() -> None:
         HeadSpec("classification", 1)
     with pytest.raises(ValueError, match="regression head has num_labels=1"):
         HeadSpec("regression", 3)
+    with pytest.raises(ValueError, match=r"pooling must be cls\|mean"):
+        HeadSpec("regression", pooling="max")  # type: ignore[arg-type]
+    # checkpoints written before the pooling option existed read back as [CLS] pooling
+    assert HeadSpec.from_dict({"kind": "regression", "num_labels": 1}).pooling == "cls"
+
+
+def test_mean_pooling_averages_only_real_tokens() -> None:
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]], [[5.0, 6.0], [7.0, 8.0], [9.0, 10.0]]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(pool(hidden, mask, "mean"), torch.tensor([[2.0, 3.0], [7.0, 8.0]]))  # by hand
+    assert torch.equal(pool(hidden, mask, "cls"), torch.tensor([[1.0, 2.0], [5.0, 6.0]]))
+    assert torch.equal(pool(hidden, None, "mean"), hidden.mean(dim=1))
+
+
+def test_mean_pooled_heads_ignore_padding_and_round_trip(tmp_path: Path) -> None:
+    heads = {
+        "sst2": HeadSpec("classification", 2, pooling="mean"),
+        "stsb": HeadSpec("regression", pooling="mean"),
+    }
+    model = MultiTaskModel(tiny(norm="pre"), heads).eval()
+    ids, mask = ids_and_mask()  # row 1 already ends in padding
+    padded_ids = torch.cat([ids, torch.zeros(3, 3, dtype=torch.long)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(3, 3, dtype=torch.long)], dim=1)
+    for task in heads:
+        short, long = (
+            model(task, ids, attention_mask=mask),
+            model(task, padded_ids, attention_mask=padded_mask),
+        )
+        assert torch.allclose(short, long, atol=1e-5), task
+    save_checkpoint(tmp_path, model)
+    loaded = load_multitask(tmp_path).eval()
+    assert loaded.head_specs == heads
+    assert torch.equal(loaded("stsb", ids, attention_mask=mask), model("stsb", ids, attention_mask=mask))
 
 
 def test_missing_or_broken_checkpoint_files_are_named(tmp_path: Path) -> None:
