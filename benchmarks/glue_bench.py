@@ -14,6 +14,12 @@ fine-tune + evaluate runs on the SAME fine-tuning budget:
   mixture share of the steps (FinetuneConfig mode="single"), i.e. the multi-task vs
   single-task comparison on equal compute.
 
+The full budget is a CPU recipe for 2 cores: the first 300 Wikipedia files, an 8,192-token
+WordPiece vocabulary, the ``mini`` encoder (4 x 256) with pre-LN and no dropout, 25 % masking
+scored on the masked positions only, packed 128-token rows, AdamW at 1e-3 with the schedule
+fitted to 50 minutes, then 2,000 fine-tuning steps of 32 examples per run. ``--runs`` and
+``--seed`` repeat a subset with another fine-tuning seed (finished stages are reused).
+
 SQuAD: DIR/squad/train.json + dev.json when present; otherwise the by-article split of
 the official dev set (DIR/squad/split-by-article/{train,eval}.json): its scores are NOT
 comparable with published SQuAD dev numbers.
@@ -21,7 +27,9 @@ comparable with published SQuAD dev numbers.
 Output JSON: ``{"budget": ..., "pretrained": report, "random_init": report,
 "single_task": report, "seconds": ...}`` where a report has ``per_task`` metrics (0-100),
 ``glue_avg`` (without WNLI, named in ``glue_avg_name``), ``glue_avg_with_wnli`` and
-``squad``; a table goes to stdout. Stages are content-addressed under --workdir, so a
+``squad``; ``pretrain_validation_curve`` holds the val_* figures logged while pre-training
+ran in this invocation; the file is rewritten after every run (``"partial": true`` until the
+last). A table goes to stdout. Stages are content-addressed under --workdir, so a
 re-run reuses finished stages.
 """
 
@@ -44,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tasks.artifacts import Artifact
 from tasks.dedup import DedupConfig, dedup
 from tasks.downstream.tasks import TASKS
-from tasks.engine.sink import NullSink
+from tasks.engine.launch import JsonlSink
+from tasks.engine.sink import MetricSink, NullSink
 from tasks.evaluation import REPORT, EvalConfig, evaluate_checkpoint
 from tasks.finetune import FinetuneConfig, finetune
 from tasks.ingest import IngestConfig, ingest
@@ -53,6 +62,12 @@ from tasks.pretrain import PretrainConfig, pretrain
 from tasks.tokenizer import TokenizerConfig, train_tokenizer
 
 log = logging.getLogger("glue_bench")
+RUNS: dict[str, dict[str, Any]] = {  # name -> FinetuneConfig options; same fine-tuning budget for all
+    "pretrained": {},
+    "random_init": {"init": "random"},
+    "single_task": {"mode": "single"},
+}
+CURVE = "pretrain_metrics.jsonl"  # per-step pre-training metrics of this invocation
 
 
 @dataclass(frozen=True)
@@ -67,11 +82,16 @@ class Budget:
     pretrain_steps: int
     pretrain_minutes: float | None
     pretrain_batch: int
+    pretrain_lr: float
+    norm: str  # "pre" LayerNorm trains stably at the high LR a short budget needs
+    dropout: float  # 0: one pass over fresh data does not overfit, and dropout slows learning
+    mask_rate: float
     finetune_steps: int
     finetune_batch: int
     max_train_examples: int | None
     max_eval_examples: int | None
     lr: float
+    pooling: str  # sentence-level heads: "cls" (BERT) or "mean"
 
 
 QUICK = Budget(
@@ -83,26 +103,36 @@ QUICK = Budget(
     pretrain_steps=120,
     pretrain_minutes=None,
     pretrain_batch=16,
+    pretrain_lr=2e-3,
+    norm="pre",
+    dropout=0.0,
+    mask_rate=0.25,
     finetune_steps=100,
     finetune_batch=16,
     max_train_examples=1000,
     max_eval_examples=100,
     lr=2e-4,
+    pooling="mean",
 )
 FULL = Budget(
-    corpus_files=None,
+    corpus_files=300,
     max_docs=None,
-    vocab_size=16000,
+    vocab_size=8192,
     seq_len=128,
     size="mini",
     pretrain_steps=100_000,
-    pretrain_minutes=120.0,
+    pretrain_minutes=50.0,
     pretrain_batch=64,
-    finetune_steps=3000,
+    pretrain_lr=1e-3,
+    norm="pre",
+    dropout=0.0,
+    mask_rate=0.25,
+    finetune_steps=2000,
     finetune_batch=32,
     max_train_examples=None,
     max_eval_examples=None,
     lr=1e-4,
+    pooling="mean",
 )
 
 
@@ -143,11 +173,12 @@ def corpus_paths(data: Path, budget: Budget) -> tuple[str, ...]:
 
 def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[str, float]) -> Artifact:
     """ingest -> dedup -> tokenizer -> pack -> pretrain with the project's stage functions."""
-    sink = NullSink()
 
-    def timed(name: str, fn: Callable[..., Artifact], *args: Any, **kwargs: Any) -> Artifact:
+    def timed(
+        name: str, fn: Callable[..., Artifact], *args: Any, sink: MetricSink | None = None, **kwargs: Any
+    ) -> Artifact:
         start = time.perf_counter()
-        out = fn(*args, workdir=workdir, sink=sink, **kwargs)
+        out = fn(*args, workdir=workdir, sink=sink or NullSink(), **kwargs)
         seconds[name] = round(time.perf_counter() - start, 1)
         log.info("%s: %.1fs %s", name, seconds[name], {k: out.summary[k] for k in list(out.summary)[:6]})
         return out
@@ -165,9 +196,28 @@ def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[s
         max_steps=budget.pretrain_steps,
         max_minutes=budget.pretrain_minutes,
         batch_size=budget.pretrain_batch,
-        eval_every=max(1, budget.pretrain_steps // 10),
+        lr=budget.pretrain_lr,
+        norm=budget.norm,
+        dropout=budget.dropout,
+        mask_rate=budget.mask_rate,
+        eval_every=max(1, min(500, budget.pretrain_steps // 10)),
     )
-    return timed("pretrain", pretrain, cfg, packed, tokenizer)
+    curve = workdir / CURVE
+    curve.unlink(missing_ok=True)
+    return timed("pretrain", pretrain, cfg, packed, tokenizer, sink=JsonlSink(curve))
+
+
+def validation_curve(workdir: Path) -> list[dict[str, float]]:
+    """The val_* figures logged during pre-training (empty when the stage was reused)."""
+    path = workdir / CURVE
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [
+        {"step": r["step"], **{k: v for k, v in r["metrics"].items() if k.startswith("val_")}}
+        for r in records
+        if "metrics" in r and any(k.startswith("val_") for k in r["metrics"])
+    ]
 
 
 def finetune_and_evaluate(
@@ -187,6 +237,7 @@ def finetune_and_evaluate(
         max_steps=budget.finetune_steps,
         max_seq_len=budget.seq_len,
         max_train_examples_per_task=budget.max_train_examples,
+        pooling=budget.pooling,
         **options,
     )
     tuned = finetune(cfg, checkpoint, workdir=workdir, sink=NullSink())
@@ -222,6 +273,8 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
         "size": args.size,
         "pretrain_minutes": args.pretrain_minutes,
         "finetune_steps": args.finetune_steps,
+        "lr": args.finetune_lr,
+        "pooling": args.pooling,
         "corpus_files": args.corpus_files,
     }
     return replace(budget, **{k: v for k, v in changes.items() if v is not None})
@@ -238,8 +291,21 @@ def main() -> None:
         "--pretrain-minutes", type=float, default=None, help="override the pre-training budget"
     )
     parser.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tuning steps")
+    parser.add_argument("--finetune-lr", type=float, default=None, help="override the fine-tuning peak LR")
+    parser.add_argument("--pooling", choices=("cls", "mean"), default=None, help="override head pooling")
     parser.add_argument("--corpus-files", type=int, default=None, help="override the number of corpus files")
+    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (order, heads, init)")
+    parser.add_argument(
+        "--runs",
+        default=",".join(RUNS),
+        help=f"comma-separated subset of {','.join(RUNS)} (e.g. more seeds of the transfer comparison)",
+    )
     args = parser.parse_args()
+    chosen = [name.strip() for name in args.runs.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(RUNS))
+    if unknown or not chosen:  # checked before any work
+        parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
+    runs = {name: RUNS[name] | {"seeds": (args.seed,)} for name in chosen}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     budget = override(QUICK if args.quick else FULL, args)
     workdir = (args.workdir or Path(".bench") / ("glue-quick" if args.quick else "glue")).resolve()
@@ -248,26 +314,29 @@ def main() -> None:
     checkpoint = pretrain_pipeline(args.data.resolve(), workdir, budget, seconds)
     downstream = downstream_dir(args.data.resolve(), workdir)
     tasks = available_tasks(downstream)
-    runs = {
-        "pretrained": {},
-        "random_init": {"init": "random"},
-        "single_task": {"mode": "single"},
-    }
-    results = {}
+    results: dict[str, dict] = {}
+
+    def write(partial: bool) -> None:
+        """The JSON so far: a long run that is stopped still leaves its finished rows."""
+        payload = {
+            "budget": asdict(budget) | {"quick": args.quick, "tasks": list(tasks), "seed": args.seed},
+            "pretrain": checkpoint.summary,
+            "pretrain_validation_curve": validation_curve(workdir),
+            **results,
+            "seconds": seconds,
+            "partial": partial,
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        }
+        args.out.write_text(json.dumps(payload, indent=2))
+
     for name, options in runs.items():
         start = time.perf_counter()
         results[name] = finetune_and_evaluate(checkpoint, downstream, tasks, budget, workdir, **options)
         seconds[f"finetune+evaluate/{name}"] = round(time.perf_counter() - start, 1)
+        write(partial=True)
     seconds["total"] = round(time.perf_counter() - started, 1)
     print_table(results)
-    payload = {
-        "budget": asdict(budget) | {"quick": args.quick, "tasks": list(tasks)},
-        "pretrain": checkpoint.summary,
-        **results,
-        "seconds": seconds,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-    }
-    args.out.write_text(json.dumps(payload, indent=2))
+    write(partial=False)
     print(f"wrote {args.out} in {seconds['total']:.0f}s")
 
 
