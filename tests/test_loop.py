@@ -304,7 +304,8 @@ def test_minutes_budget_fits_the_schedule_to_the_deadline() -> None:
                      warmup_ratio=0.0)  # fmt: skip
     result = fit(tiny_model(), MLMObjective(), SlowSource(), cfg, sink)
     assert result.stop_reason == "minutes" and result.stopped_early
-    assert 8 <= result.steps <= 30  # ~0.9 s of ~0.035 s steps
+    # ~0.9 s of ~0.035 s steps: about 25, fewer when the machine is loaded, never the 10,000 asked for
+    assert cfg.calibration_steps < result.steps <= 30
     lrs = [v for _, v in sink.series("lr")]
     assert lrs[2] == pytest.approx(1e-3, rel=0.01)  # calibration: schedule still sized for max_steps
     assert lrs[-1] < 0.25e-3  # fitted: near zero by the deadline instead of ~1e-3
