@@ -212,12 +212,13 @@ def validation_curve(workdir: Path) -> list[dict[str, float]]:
     path = workdir / CURVE
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [
-        {"step": r["step"], **{k: v for k, v in r["metrics"].items() if k.startswith("val_")}}
-        for r in records
-        if "metrics" in r and any(k.startswith("val_") for k in r["metrics"])
-    ]
+    curve = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        val = {k: v for k, v in record.get("metrics", {}).items() if k.startswith("val_")}
+        if val:
+            curve.append({"step": record["step"], **val})
+    return curve
 
 
 def finetune_and_evaluate(

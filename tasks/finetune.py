@@ -122,7 +122,7 @@ class FinetuneConfig(BaseModel):
     )
     pooling: Pooling = Field(
         "cls",
-        description="Sentence-level heads read [CLS] (BERT) or the mean of the token states (short budgets).",
+        description="Sentence-level heads read [CLS] (BERT) or the mean of the non-padding token states.",
     )
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Fraction of steps of linear warmup.")
     max_steps: int = Field(1000, ge=1, le=10**7, description="Optimizer steps over the whole mixture.")
