@@ -10,6 +10,7 @@ import torch
 
 from models.config import EncoderConfig
 from models.pretraining import BertForMaskedLM
+from tasks.engine.flops import default_peak_flops
 from tasks.engine.loop import STATE_FILE, WEIGHTS_FILE, LoopConfig, NonFiniteLossError, fit
 from tasks.engine.masking import mask_tokens
 from tasks.engine.objectives import MLMObjective
@@ -317,6 +318,14 @@ def test_mfu_and_tokens_per_second_are_logged() -> None:
     fit(tiny_model(), MLMObjective(), ToySource(), cfg, sink)
     metrics = sink.history[-1][1]
     assert 0.0 < metrics["mfu"] < 1.0 and metrics["tokens_per_s"] > 0
+
+
+def test_cpu_peak_doubles_for_bf16() -> None:
+    """bf16 dot products do two multiply-adds per fp32 lane: a fp32 peak would put bf16 MFU above 1."""
+    cpu = torch.device("cpu")
+    fp32 = default_peak_flops(cpu, "fp32")
+    assert fp32 == torch.get_num_threads() * 3.0e9 * 32
+    assert default_peak_flops(cpu, "bf16") == 2 * fp32
 
 
 def test_sigterm_checkpoints_then_raises_and_resume_is_exact(tmp_path: Path) -> None:

@@ -37,8 +37,10 @@ GPU_PEAKS: dict[str, tuple[float, float]] = {
 }
 # CPU estimate: each core retires one 512-bit (or two 256-bit) FMA per cycle = 16 fp32 lanes x 2
 # FLOPs = 32 FLOP/cycle, at an assumed 3.0 GHz. Real parts vary by ~2x; pass peak_flops for a
-# figure you trust.
+# figure you trust. bf16 doubles it: AVX512-BF16's dot product (VDPBF16PS) does two bf16
+# multiply-adds per fp32 lane, and oneDNN runs bf16 matmuls through it (or AMX, faster still).
 CPU_FLOPS_PER_CYCLE = 32
+CPU_BF16_FACTOR = 2
 CPU_HZ = 3.0e9
 
 FlopsFn = Callable[[Mapping[str, Any]], float]
@@ -48,7 +50,7 @@ def default_peak_flops(device: torch.device, precision: str) -> float | None:
     """Peak FLOP/s of ``device`` at ``precision`` from the table/estimate above; None if unknown."""
     if device.type == "cpu":
         threads = torch.get_num_threads() or os.cpu_count() or 1
-        return threads * CPU_HZ * CPU_FLOPS_PER_CYCLE
+        return threads * CPU_HZ * CPU_FLOPS_PER_CYCLE * (CPU_BF16_FACTOR if precision == "bf16" else 1)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         for key, (bf16, fp32) in GPU_PEAKS.items():
