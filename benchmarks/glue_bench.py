@@ -16,9 +16,12 @@ fine-tune + evaluate runs on the SAME fine-tuning budget:
 
 The full budget is a CPU recipe for 2 cores: the first 300 Wikipedia files, an 8,192-token
 WordPiece vocabulary, the ``mini`` encoder (4 x 256) with pre-LN and no dropout, 25 % masking
-scored on the masked positions only, packed 128-token rows, AdamW at 1e-3 with the schedule
-fitted to 50 minutes, then 2,000 fine-tuning steps of 32 examples per run. ``--runs`` and
-``--seed`` repeat a subset with another fine-tuning seed (finished stages are reused).
+scored on the masked positions only, packed 128-token rows, bf16 autocast (CPUs with
+AVX512-BF16 or AMX; pass ``--precision fp32`` elsewhere), AdamW at 1e-3 with the schedule
+fitted to 50 minutes. Fine-tuning: 3,500 steps of 32 examples per run, about three passes
+over the mixture with examples-proportional mixing capped at K = 8,192 (run_glue's three
+epochs for the small tasks). ``--runs`` and ``--seed`` repeat a subset with another
+fine-tuning seed (finished stages are reused).
 
 SQuAD: DIR/squad/train.json + dev.json when present; otherwise the by-article split of
 the official dev set (DIR/squad/split-by-article/{train,eval}.json): its scores are NOT
@@ -88,10 +91,12 @@ class Budget:
     mask_rate: float
     finetune_steps: int
     finetune_batch: int
+    mixing_cap_k: int  # examples-proportional mixing: a task counts min(n, K) examples
     max_train_examples: int | None
     max_eval_examples: int | None
     lr: float
     pooling: str  # sentence-level heads: "cls" (BERT) or "mean"
+    precision: str  # "bf16" autocast for pre-training and fine-tuning, or "fp32"
 
 
 QUICK = Budget(
@@ -109,10 +114,12 @@ QUICK = Budget(
     mask_rate=0.25,
     finetune_steps=100,
     finetune_batch=16,
+    mixing_cap_k=16384,
     max_train_examples=1000,
     max_eval_examples=100,
     lr=2e-4,
     pooling="mean",
+    precision="fp32",
 )
 FULL = Budget(
     corpus_files=300,
@@ -127,12 +134,14 @@ FULL = Budget(
     norm="pre",
     dropout=0.0,
     mask_rate=0.25,
-    finetune_steps=2000,
+    finetune_steps=3500,
     finetune_batch=32,
+    mixing_cap_k=8192,
     max_train_examples=None,
     max_eval_examples=None,
     lr=1e-4,
     pooling="mean",
+    precision="bf16",
 )
 
 
@@ -201,6 +210,8 @@ def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[s
         dropout=budget.dropout,
         mask_rate=budget.mask_rate,
         eval_every=max(1, min(500, budget.pretrain_steps // 10)),
+        calibration_steps=min(50, budget.pretrain_steps),  # the first steps are slow: time more of them
+        precision=budget.precision,
     )
     curve = workdir / CURVE
     curve.unlink(missing_ok=True)
@@ -236,9 +247,11 @@ def finetune_and_evaluate(
         batch_size=budget.finetune_batch,
         lr=budget.lr,
         max_steps=budget.finetune_steps,
+        mixing_cap_k=budget.mixing_cap_k,
         max_seq_len=budget.seq_len,
         max_train_examples_per_task=budget.max_train_examples,
         pooling=budget.pooling,
+        precision=budget.precision,
         **options,
     )
     tuned = finetune(cfg, checkpoint, workdir=workdir, sink=NullSink())
@@ -274,9 +287,11 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
         "size": args.size,
         "pretrain_minutes": args.pretrain_minutes,
         "finetune_steps": args.finetune_steps,
+        "mixing_cap_k": args.mixing_cap_k,
         "lr": args.finetune_lr,
         "pooling": args.pooling,
         "corpus_files": args.corpus_files,
+        "precision": args.precision,
     }
     return replace(budget, **{k: v for k, v in changes.items() if v is not None})
 
@@ -292,9 +307,13 @@ def main() -> None:
         "--pretrain-minutes", type=float, default=None, help="override the pre-training budget"
     )
     parser.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tuning steps")
+    parser.add_argument("--mixing-cap-k", type=int, default=None, help="override the mixing cap K")
     parser.add_argument("--finetune-lr", type=float, default=None, help="override the fine-tuning peak LR")
     parser.add_argument("--pooling", choices=("cls", "mean"), default=None, help="override head pooling")
     parser.add_argument("--corpus-files", type=int, default=None, help="override the number of corpus files")
+    parser.add_argument(
+        "--precision", choices=("bf16", "fp32"), default=None, help="override autocast precision"
+    )
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (order, heads, init)")
     parser.add_argument(
         "--runs",
