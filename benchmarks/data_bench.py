@@ -50,13 +50,13 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.planted_dups import planted_benchmark
-from tasks.artifacts import Artifact
-from tasks.corpus.shards import iter_doc_batches, shard_paths
-from tasks.dedup import DedupConfig, dedup
-from tasks.engine.sink import MemorySink, NullSink
-from tasks.ingest import IngestConfig, ingest
-from tasks.pack import PackConfig, open_split, pack, split_of
-from tasks.tokenizer import SEP_ID, TokenizerConfig, load_tokenizer, train_tokenizer
+from tasks.data.corpus.shards import iter_doc_batches, shard_paths
+from tasks.data.dedup import DedupConfig, dedup
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.data.pack import PackConfig, open_split, pack, split_of
+from tasks.data.tokenizer import SEP_ID, TokenizerConfig, load_tokenizer, train_tokenizer
+from tasks.sink import MemorySink, NullSink
+from tasks.store.artifact import Artifact
 
 MB = 1e6
 

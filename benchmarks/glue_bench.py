@@ -52,17 +52,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.artifacts import Artifact
-from tasks.dedup import DedupConfig, dedup
+from tasks.data.dedup import DedupConfig, dedup
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.data.pack import PackConfig, pack
+from tasks.data.tokenizer import TokenizerConfig, train_tokenizer
 from tasks.downstream.tasks import TASKS
 from tasks.engine.launch import JsonlSink
-from tasks.engine.sink import MetricSink, NullSink
-from tasks.evaluation import REPORT, EvalConfig, evaluate_checkpoint
-from tasks.finetune import FinetuneConfig, finetune
-from tasks.ingest import IngestConfig, ingest
-from tasks.pack import PackConfig, pack
-from tasks.pretrain import PretrainConfig, pretrain
-from tasks.tokenizer import TokenizerConfig, train_tokenizer
+from tasks.judge.evaluation import REPORT, EvalConfig, evaluate_checkpoint
+from tasks.sink import MetricSink, NullSink
+from tasks.store.artifact import Artifact
+from tasks.train.finetune import FinetuneConfig, finetune
+from tasks.train.pretrain import PretrainConfig, pretrain
 
 log = logging.getLogger("glue_bench")
 RUNS: dict[str, dict[str, Any]] = {  # name -> FinetuneConfig options; same fine-tuning budget for all

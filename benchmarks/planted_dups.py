@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.artifacts import Artifact
-from tasks.corpus.minhash import (
+from tasks.data.corpus.minhash import (
     MinHasher,
     candidate_pairs,
     exact_jaccard,
@@ -23,11 +22,12 @@ from tasks.corpus.minhash import (
     jaccard_estimate,
     shingle_sets,
 )
-from tasks.corpus.normalize import dedup_key_text
-from tasks.corpus.shards import iter_doc_batches
-from tasks.dedup import DedupConfig, dedup
-from tasks.engine.sink import MemorySink, NullSink
-from tasks.ingest import IngestConfig, ingest
+from tasks.data.corpus.normalize import dedup_key_text
+from tasks.data.corpus.shards import iter_doc_batches
+from tasks.data.dedup import DedupConfig, dedup
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.sink import MemorySink, NullSink
+from tasks.store.artifact import Artifact
 
 NGRAM = 5
 RECALL_MIN_JACCARD = 0.85  # the bar: planted pairs at least this similar must be found

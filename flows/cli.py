@@ -127,8 +127,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
-    from tasks.config import load_config
-    from tasks.pipeline_run import check_tracking, format_table
+    from tasks.run.config import load_config
+    from tasks.run.pipeline_run import check_tracking, format_table
 
     config = load_config(args.preset, args.workdir, args.overrides)
     check_tracking(config, args.workdir)  # before Prefect starts: an unreachable server fails in seconds
@@ -145,14 +145,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from tasks.config import preset_names
+    from tasks.run.config import preset_names
 
     print("\n".join(preset_names()))
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from tasks.servers import SERVERS, ServerConfig, start, status, stop
+    from tasks.commands.servers import SERVERS, ServerConfig, start, status, stop
 
     which = (args.only,) if args.only else SERVERS
     if args.action == "stop":
@@ -180,7 +180,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tasks.compare import compare, terminal_table
+    from tasks.commands.compare import compare, terminal_table
 
     result = compare(
         args.tracking_uri, args.out, run_ids=args.runs, model=args.model, experiment=args.experiment,
@@ -195,7 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from tasks.promote import promote_version
+    from tasks.commands.promote import promote_version
 
     previous = promote_version(args.tracking_uri, args.model, args.version, args.reason)
     print(f"{args.model} v{args.version} is now champion (was {previous or 'none'}): {args.reason}")
@@ -203,7 +203,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tasks.export import export_model
+    from tasks.commands.export import export_model
 
     for path in export_model(args.source, args.out, args.tracking_uri):
         print(path)
@@ -211,8 +211,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tasks.evaluate_uri import evaluate_model_uri
-    from tasks.evaluation import EvalConfig
+    from tasks.commands.evaluate_uri import evaluate_model_uri
+    from tasks.judge.evaluation import EvalConfig
 
     cfg = EvalConfig(data_dir=args.data_dir, tasks=tuple(args.tasks), max_seq_len=args.max_seq_len)
     report = evaluate_model_uri(args.model_uri, cfg, args.workdir, tracking_uri=args.tracking_uri)

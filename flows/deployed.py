@@ -14,10 +14,10 @@ from pathlib import Path
 from prefect import flow
 
 from flows.pipeline import PipelineResult, data_flow, pipeline, pretrain_flow
-from tasks.artifacts import Artifact
-from tasks.compare import compare
-from tasks.pipeline_run import open_pipeline_run, pipeline_run
-from tasks.run_params import PipelineParameters
+from tasks.commands.compare import compare
+from tasks.run.params import PipelineParameters
+from tasks.run.pipeline_run import open_pipeline_run, pipeline_run
+from tasks.store.artifact import Artifact
 
 
 @flow(name="bertflow-pipeline", validate_parameters=True)

@@ -7,19 +7,19 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel
 
-from tasks.artifacts import Artifact
-from tasks.config import PipelineConfig
-from tasks.dedup import DedupConfig, dedup_task
-from tasks.demo import DemoConfig, demo_data_task
-from tasks.evaluation import EvalConfig, evaluate_task
-from tasks.finetune import FinetuneConfig, finetune_task
-from tasks.ingest import IngestConfig, ingest_task
-from tasks.pack import PackConfig, pack_task
-from tasks.pipeline_run import open_pipeline_run, pipeline_run, publish_scores
-from tasks.pretrain import PretrainConfig, pretrain_task
-from tasks.register import register_task
-from tasks.stage import StageContext
-from tasks.tokenizer import TokenizerConfig, tokenizer_task
+from tasks.data.dedup import DedupConfig, dedup_task
+from tasks.data.ingest import IngestConfig, ingest_task
+from tasks.data.pack import PackConfig, pack_task
+from tasks.data.tokenizer import TokenizerConfig, tokenizer_task
+from tasks.demo.stage import DemoConfig, demo_data_task
+from tasks.judge.evaluation import EvalConfig, evaluate_task
+from tasks.judge.register import register_task
+from tasks.run.config import PipelineConfig
+from tasks.run.contract import StageContext
+from tasks.run.pipeline_run import open_pipeline_run, pipeline_run, publish_scores
+from tasks.store.artifact import Artifact
+from tasks.train.finetune import FinetuneConfig, finetune_task
+from tasks.train.pretrain import PretrainConfig, pretrain_task
 
 
 class DataArtifacts(BaseModel):

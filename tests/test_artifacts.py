@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from tasks.artifacts import MANIFEST, build_stage, fingerprint, load_artifact
+from tasks.store.artifact import MANIFEST, build_stage, fingerprint, load_artifact
 
 
 class Cfg(BaseModel):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import PipelineConfig, PresetError, apply_override, load_config, preset_names
+from tasks.run.config import PipelineConfig, PresetError, apply_override, load_config, preset_names
 
 
 def test_presets_exist_and_validate(tmp_path: Path) -> None:

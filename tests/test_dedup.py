@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.artifacts import Artifact
-from tasks.corpus.minhash import (
+from tasks.data.corpus.minhash import (
     MinHasher,
     candidate_pairs,
     cluster_roots,
@@ -21,10 +20,11 @@ from tasks.corpus.minhash import (
     shingle_hashes,
     shingle_sets,
 )
-from tasks.corpus.shards import iter_doc_batches
-from tasks.dedup import DedupConfig, dedup
-from tasks.engine.sink import MemorySink
-from tasks.ingest import IngestConfig, ingest
+from tasks.data.corpus.shards import iter_doc_batches
+from tasks.data.dedup import DedupConfig, dedup
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
 
 VOCAB = [f"w{i}" for i in range(3000)]
 
@@ -167,7 +167,7 @@ def test_shingle_batch_matches_per_text_shingles() -> None:
 
 
 def test_worker_processes_give_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tasks.dedup.POOL_MIN_DOCS", 2)  # use the pool even for this tiny corpus
+    monkeypatch.setattr("tasks.data.dedup.POOL_MIN_DOCS", 2)  # use the pool even for this tiny corpus
     rng = np.random.default_rng(7)
     originals = [random_words(rng, 150) for _ in range(30)]
     texts = [" ".join(w) for w in originals] + [" ".join(edit(w, [75])) for w in originals[:5]]  # J ~ 0.94

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.demo_data import (
+from tasks.demo.generate import (
     MOODS,
     MRPC_HEADER,
     NOUN_HYPERNYMS,

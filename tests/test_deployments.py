@@ -10,8 +10,8 @@ from pydantic import ValidationError
 
 from deployments.serve import NIGHTLY, WEEKLY, build_deployments
 from flows.deployed import data_deployment, pipeline_deployment, pretrain_deployment
-from tasks.config import PresetError
-from tasks.run_params import PipelineParameters
+from tasks.run.config import PresetError
+from tasks.run.params import PipelineParameters
 
 REPO = Path(__file__).resolve().parents[1]
 

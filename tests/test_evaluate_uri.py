@@ -16,8 +16,8 @@ from models.heads import HeadSpec
 from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
 from registry.download import ModelUriError
-from tasks.evaluate_uri import ModelDirError, content_fingerprint, evaluate_model_uri
-from tasks.evaluation import EvalConfig
+from tasks.commands.evaluate_uri import ModelDirError, content_fingerprint, evaluate_model_uri
+from tasks.judge.evaluation import EvalConfig
 
 WORDS = ("a", "man", "dog", "runs", "sleeps", "cat", "sat", "good", "bad")
 

@@ -14,10 +14,10 @@ from models.config import EncoderConfig
 from models.heads import HeadSpec
 from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
-from tasks.artifacts import Artifact
-from tasks.engine.sink import MemorySink
-from tasks.evaluation import EvalConfig, evaluate_checkpoint
-from tasks.metrics.glue import glue_average
+from tasks.downstream.metrics.glue import glue_average
+from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
 
 WORDS = ("a", "man", "dog", "runs", "sleeps", "cat", "sat", "on", "the", "red", "mat", "is", "what", "color")
 MNLI_HEADER = (

@@ -14,7 +14,7 @@ from models.heads import HeadSpec
 from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
 from models.pretraining import BertForMaskedLM
-from tasks.export import ExportError, export_checkpoint
+from tasks.commands.export import ExportError, export_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -14,12 +14,18 @@ from word_tokenizer import word_tokenizer
 from models.config import EncoderConfig
 from models.io import load_multitask, read_weights, save_checkpoint
 from models.pretraining import BertForMaskedLM
-from tasks.artifacts import Artifact
 from tasks.downstream.features import SequenceFeatures
 from tasks.engine.finetune_objectives import MultiTaskObjective, span_loss
-from tasks.engine.sink import MemorySink
-from tasks.evaluation import EvalConfig, evaluate_checkpoint
-from tasks.finetune import FinetuneConfig, MultiTaskBatchSource, finetune, mixing_rates, single_task_steps
+from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
+from tasks.train.finetune import (
+    FinetuneConfig,
+    MultiTaskBatchSource,
+    finetune,
+    mixing_rates,
+    single_task_steps,
+)
 
 WORDS = ("good", "bad", "movie", "plot", "film", "actor", "fine", "dull", "red", "blue", "green")
 WORDS += ("cat", "dog", "sat", "on", "the", "mat")

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from tasks.corpus.normalize import alpha_fraction, clean_text, repeated_line_fraction
-from tasks.corpus.readers import CorpusFormatError
-from tasks.corpus.shards import ShardWriter, iter_doc_batches, shard_paths
-from tasks.engine.sink import MemorySink
-from tasks.ingest import IngestConfig, ingest
+from tasks.data.corpus.normalize import alpha_fraction, clean_text, repeated_line_fraction
+from tasks.data.corpus.readers import CorpusFormatError
+from tasks.data.corpus.shards import ShardWriter, iter_doc_batches, shard_paths
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.sink import MemorySink
 
 DOC_A = "The quick brown fox jumps over the lazy dog."
 DOC_B = "A second document that is long enough to pass."

@@ -15,7 +15,7 @@ from tasks.engine.loop import STATE_FILE, WEIGHTS_FILE, LoopConfig, NonFiniteLos
 from tasks.engine.masking import mask_tokens
 from tasks.engine.objectives import MLMObjective
 from tasks.engine.optim import build_optimizer, build_scheduler, lr_multiplier, param_groups
-from tasks.engine.sink import MemorySink, NullSink
+from tasks.sink import MemorySink, NullSink
 
 VOCAB = 40
 

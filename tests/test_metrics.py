@@ -7,8 +7,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from tasks.metrics.glue import GlueMetric, glue_average, glue_average_name
-from tasks.metrics.squad import SquadMetric, normalize_answer, token_f1
+from tasks.downstream.metrics.glue import GlueMetric, glue_average, glue_average_name
+from tasks.downstream.metrics.squad import SquadMetric, normalize_answer, token_f1
 
 
 def test_cola_matthews_by_hand() -> None:

@@ -13,7 +13,7 @@ from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPr
 from tasks.engine.data import MLMBatchSource, PackedSequences, PairBatchSource
 from tasks.engine.loop import LoopConfig, fit
 from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective
-from tasks.engine.sink import MemorySink
+from tasks.sink import MemorySink
 
 VOCAB = 64
 CONTINUATION = torch.zeros(VOCAB, dtype=torch.bool)

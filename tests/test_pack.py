@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from tasks.artifacts import Artifact
-from tasks.corpus.shards import iter_doc_batches
-from tasks.engine.sink import MemorySink
-from tasks.ingest import IngestConfig, ingest
-from tasks.pack import PackConfig, open_split, pack, split_of
-from tasks.tokenizer import CLS_ID, PAD_ID, SEP_ID, TokenizerConfig, load_tokenizer, train_tokenizer
+from tasks.data.corpus.shards import iter_doc_batches
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.data.pack import PackConfig, open_split, pack, split_of
+from tasks.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, TokenizerConfig, load_tokenizer, train_tokenizer
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
 
 WORDS = [
     "the",

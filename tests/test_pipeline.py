@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.pipeline import PipelineResult, pipeline
 from registry.model_registry import CHALLENGER, CHAMPION
-from tasks.config import PipelineConfig, load_config
+from tasks.run.config import PipelineConfig, load_config
 
 FAST = [
     "demo.n_corpus_docs=600",

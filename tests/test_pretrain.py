@@ -14,9 +14,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from models.io import load_pretraining, read_config
 from models.pretraining import BertForMaskedLM
-from tasks.artifacts import Artifact
-from tasks.engine.sink import MemorySink
-from tasks.pretrain import PretrainConfig, pretrain
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
+from tasks.train.pretrain import PretrainConfig, pretrain
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SEQ_LEN = 32
@@ -254,9 +254,9 @@ def test_more_devices_than_gpus_is_a_clear_error(inputs, tmp_path: Path) -> None
 def test_torchrun_command_and_metric_relay(tmp_path: Path) -> None:
     from tasks.engine.launch import JsonlSink, relay, torchrun_command
 
-    command = torchrun_command("tasks.pretrain", ["--launch-spec", "x.json"], 4)
+    command = torchrun_command("tasks.train.pretrain", ["--launch-spec", "x.json"], 4)
     assert command[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "--nproc-per-node=4" in command
-    assert command[-3:] == ["tasks.pretrain", "--launch-spec", "x.json"]
+    assert command[-3:] == ["tasks.train.pretrain", "--launch-spec", "x.json"]
     writer, received = JsonlSink(tmp_path / "m.jsonl"), MemorySink()
     writer.log_metrics({"loss": 2.5}, 10)
     offset = relay(writer.path, 0, received)
@@ -269,9 +269,9 @@ CHILD = """
 import sys, time
 import torch
 from pathlib import Path
-from tasks.artifacts import Artifact
-from tasks.engine.sink import MemorySink
-from tasks.pretrain import PretrainConfig, pretrain
+from tasks.store.artifact import Artifact
+from tasks.sink import MemorySink
+from tasks.train.pretrain import PretrainConfig, pretrain
 torch.set_num_threads(1)
 class Slow(MemorySink):
     def log_metrics(self, metrics, step):

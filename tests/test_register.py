@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from registry.tracking import Tracker, default_tracking_uri
-from tasks.artifacts import Artifact
-from tasks.register import RegistrationError, RegistryConfig, check_registrable, model_dirs, register
+from tasks.judge.register import RegistrationError, RegistryConfig, check_registrable, model_dirs, register
+from tasks.store.artifact import Artifact
 
 FILES = ("model.safetensors", "config.json", "tokenizer.json")
 

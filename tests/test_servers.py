@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from tasks.servers import (
+from tasks.commands.servers import (
     ServerConfig,
     ServerError,
     mlflow_command,

@@ -15,13 +15,13 @@ from models.config import EncoderConfig
 from models.heads import HeadSpec
 from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
-from tasks.artifacts import Artifact
 from tasks.downstream.features import encode_squad, read_examples
+from tasks.downstream.metrics.squad import SquadV2Metric, best_threshold, v2_f1
 from tasks.downstream.squad import SquadExample, SquadFormatError, read_squad_file
 from tasks.downstream.tasks import get_task
-from tasks.engine.sink import MemorySink
-from tasks.evaluation import EvalConfig, evaluate_checkpoint
-from tasks.metrics.squad import SquadV2Metric, best_threshold, v2_f1
+from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
 
 CONTEXT = "Denver Broncos defeated the Carolina Panthers 24-10 at Levi's Stadium."
 LONG_CONTEXT = " ".join(f"Word{i}" for i in range(100)) + "."  # 101 context tokens

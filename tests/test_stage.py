@@ -8,10 +8,10 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from registry.tracking import Tracker, default_tracking_uri
-from tasks.artifacts import Artifact, build_stage
 from tasks.engine.loop import NonFiniteLossError, TrainingInterrupted
-from tasks.engine.sink import MetricSink
-from tasks.stage import StageContext, artifact_key, lineage_tags, run_tracked
+from tasks.run.contract import StageContext, artifact_key, lineage_tags, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage
 
 
 class Cfg(BaseModel):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models
 
-from tasks.artifacts import Artifact
-from tasks.engine.sink import MemorySink
-from tasks.ingest import IngestConfig, ingest
-from tasks.tokenizer import SPECIAL_TOKENS, TokenizerConfig, load_tokenizer, pad_vocab, train_tokenizer
+from tasks.data.ingest import IngestConfig, ingest
+from tasks.data.tokenizer import SPECIAL_TOKENS, TokenizerConfig, load_tokenizer, pad_vocab, train_tokenizer
+from tasks.sink import MemorySink
+from tasks.store.artifact import Artifact
 
 WORDS = [
     "the",

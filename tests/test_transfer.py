@@ -11,13 +11,13 @@ from models.multitask import MultiTaskModel
 from tasks.engine.finetune_objectives import MultiTaskObjective
 from tasks.engine.loop import LoopConfig, fit
 from tasks.engine.optim import build_optimizer
-from tasks.engine.sink import NullSink
 from tasks.engine.transfer import (
     FrozenEncoder,
     GradualUnfreezing,
     layerwise_param_groups,
     unfreeze_order,
 )
+from tasks.sink import NullSink
 
 
 def tiny_model(num_layers: int = 3) -> MultiTaskModel:

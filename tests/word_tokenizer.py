@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
-SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, as tasks.tokenizer fixes them
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4, as tasks.data.tokenizer fixes them
 
 
 def word_tokenizer(words: Sequence[str]) -> Tokenizer:

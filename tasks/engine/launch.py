@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.engine.loop import TrainingInterrupted, termination_signals
-from tasks.engine.sink import MetricSink
+from tasks.sink import MetricSink
 
 log = logging.getLogger(__name__)
 

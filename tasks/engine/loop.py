@@ -51,7 +51,7 @@ from tasks.engine.checkpoint import (
 )
 from tasks.engine.flops import FlopsFn, default_peak_flops, flops_estimator
 from tasks.engine.optim import OptimizerName, Schedule, build_optimizer, build_scheduler, schedule_plan
-from tasks.engine.sink import MetricSink, NullSink
+from tasks.sink import MetricSink, NullSink
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from tasks.servers import ServerConfig, start, stop
+from tasks.commands.servers import ServerConfig, start, stop
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = Path(os.environ.get("BERTFLOW_E2E_OUTPUT", REPO / "tests" / "e2e" / "output"))

@@ -41,8 +41,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.artifacts import Artifact, build_stage
-from tasks.corpus.minhash import (
+from tasks.data.corpus.minhash import (
     MinHasher,
     candidate_pairs,
     exact_jaccard,
@@ -51,10 +50,11 @@ from tasks.corpus.minhash import (
     recall_bands,
     shingle_sets,
 )
-from tasks.corpus.normalize import dedup_key_text
-from tasks.corpus.shards import ShardWriter, count_docs, iter_doc_batches
-from tasks.engine.sink import MetricSink
-from tasks.stage import StageContext, run_tracked
+from tasks.data.corpus.normalize import dedup_key_text
+from tasks.data.corpus.shards import ShardWriter, count_docs, iter_doc_batches
+from tasks.run.contract import StageContext, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage
 
 log = logging.getLogger(__name__)
 

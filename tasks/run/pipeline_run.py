@@ -17,9 +17,9 @@ from prefect import runtime
 from prefect.artifacts import create_table_artifact
 
 from registry.tracking import Tracker, default_tracking_uri
-from tasks.artifacts import Artifact
-from tasks.config import PipelineConfig
-from tasks.stage import StageContext, in_prefect_run
+from tasks.run.config import PipelineConfig
+from tasks.run.contract import StageContext, in_prefect_run
+from tasks.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
 

@@ -52,16 +52,16 @@ from torch import Tensor
 from models.heads import HeadSpec, Pooling
 from models.io import load_multitask, read_encoder_config, save_checkpoint
 from models.multitask import MultiTaskModel
-from tasks.artifacts import Artifact, build_stage, fingerprint
 from tasks.downstream.features import Features, collate, encode_examples, read_examples
 from tasks.downstream.modelset import FINETUNE_INFO, write_members
 from tasks.downstream.tasks import TASKS, TaskSpec, check_task_names, get_task
 from tasks.engine.finetune_objectives import MultiTaskObjective
 from tasks.engine.loop import LoopConfig, StepHook, fit
-from tasks.engine.sink import MetricSink
 from tasks.engine.transfer import FrozenEncoder, GradualUnfreezing, layerwise_param_groups
-from tasks.evaluation import EvalConfig, evaluate_model_set, selection_score
-from tasks.stage import StageContext, run_tracked
+from tasks.judge.evaluation import EvalConfig, evaluate_model_set, selection_score
+from tasks.run.contract import StageContext, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
-from tasks.artifacts import Artifact, build_stage
-from tasks.corpus.shards import count_docs, iter_doc_batches
-from tasks.engine.sink import MetricSink
-from tasks.stage import StageContext, run_tracked
-from tasks.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, load_tokenizer
+from tasks.data.corpus.shards import count_docs, iter_doc_batches
+from tasks.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, load_tokenizer
+from tasks.run.contract import StageContext, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage
 
 log = logging.getLogger(__name__)
 

@@ -16,15 +16,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.dedup import DedupConfig
-from tasks.demo import DemoConfig
-from tasks.evaluation import EvalConfig
-from tasks.finetune import FinetuneConfig
-from tasks.ingest import IngestConfig
-from tasks.pack import PackConfig
-from tasks.pretrain import PretrainConfig
-from tasks.register import RegistryConfig
-from tasks.tokenizer import TokenizerConfig
+from tasks.data.dedup import DedupConfig
+from tasks.data.ingest import IngestConfig
+from tasks.data.pack import PackConfig
+from tasks.data.tokenizer import TokenizerConfig
+from tasks.demo.stage import DemoConfig
+from tasks.judge.evaluation import EvalConfig
+from tasks.judge.register import RegistryConfig
+from tasks.train.finetune import FinetuneConfig
+from tasks.train.pretrain import PretrainConfig
 
 
 class TrackingConfig(BaseModel):

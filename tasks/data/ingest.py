@@ -29,9 +29,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tasks.artifacts import Artifact, build_stage
-from tasks.corpus.normalize import DocFilter, clean_text
-from tasks.corpus.readers import (
+from tasks.data.corpus.normalize import DocFilter, clean_text
+from tasks.data.corpus.readers import (
     CorpusFormatError,
     Format,
     RawDoc,
@@ -40,9 +39,10 @@ from tasks.corpus.readers import (
     read_file,
     split_compression,
 )
-from tasks.corpus.shards import ShardWriter
-from tasks.engine.sink import MetricSink
-from tasks.stage import StageContext, retry_on_io, run_tracked
+from tasks.data.corpus.shards import ShardWriter
+from tasks.run.contract import StageContext, retry_on_io, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage
 
 log = logging.getLogger(__name__)
 

@@ -34,15 +34,15 @@ from tokenizers import Tokenizer
 from models.config import SIZES, EncoderConfig
 from models.io import save_checkpoint
 from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining, generator_config
-from tasks.artifacts import Artifact, build_stage, fingerprint
 from tasks.engine import distributed
 from tasks.engine.data import MLMBatchSource, PackedSequences, PairBatchSource
 from tasks.engine.launch import JsonlSink, run_torchrun, torchrun_command
 from tasks.engine.loop import FitResult, LoopConfig, fit
 from tasks.engine.masking import continuation_lookup
 from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective
-from tasks.engine.sink import MetricSink, NullSink
-from tasks.stage import StageContext, run_tracked
+from tasks.run.contract import StageContext, run_tracked
+from tasks.sink import MetricSink, NullSink
+from tasks.store.artifact import Artifact, build_stage, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +364,8 @@ def train_with_torchrun(
         "tokenizer": tokenizer.model_dump(mode="json"), "out": str(out), "resume_dir": str(resume_dir),
         "metrics": str(metrics),
     }))  # fmt: skip
-    run_torchrun(torchrun_command("tasks.pretrain", ["--launch-spec", str(spec)], cfg.devices), metrics, sink)
+    command = torchrun_command("tasks.train.pretrain", ["--launch-spec", str(spec)], cfg.devices)
+    run_torchrun(command, metrics, sink)
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -441,7 +442,7 @@ def pretrain_task(cfg: PretrainConfig, packed: Artifact, tokenizer: Artifact, ct
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the torchrun workers (``python -m tasks.pretrain --launch-spec FILE``)."""
+    """Entry point of the torchrun workers (``python -m tasks.train.pretrain --launch-spec FILE``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--launch-spec", type=Path, required=True, help="launch.json written by the stage")
     logging.basicConfig(level=logging.INFO)

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.config import PipelineConfig, load_config, preset_names
+from tasks.run.config import PipelineConfig, load_config, preset_names
 
 PresetName = Literal["tiny", "small", "base"]
 assert set(get_args(PresetName)) == set(preset_names()), "PresetName must list deployments/presets/*.toml"

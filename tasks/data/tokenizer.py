@@ -33,10 +33,10 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tasks.artifacts import Artifact, build_stage
-from tasks.corpus.shards import count_docs, iter_doc_batches
-from tasks.engine.sink import MetricSink
-from tasks.stage import StageContext, run_tracked
+from tasks.data.corpus.shards import count_docs, iter_doc_batches
+from tasks.run.contract import StageContext, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage
 
 log = logging.getLogger(__name__)
 

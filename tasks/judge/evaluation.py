@@ -27,17 +27,17 @@ from tokenizers import Tokenizer
 
 from models.io import load_multitask
 from models.multitask import MultiTaskModel
-from tasks.artifacts import Artifact, build_stage
 from tasks.downstream.features import Features, SpanFeatures, collate, encode_examples, read_examples
 from tasks.downstream.glue import GlueExample
+from tasks.downstream.metrics.glue import GlueMetric, glue_average, glue_average_name
+from tasks.downstream.metrics.squad import SquadMetric, SquadV2Metric
 from tasks.downstream.modelset import median_seed, member_dir, seed_sets
 from tasks.downstream.spans import best_spans
 from tasks.downstream.squad import SquadExample
 from tasks.downstream.tasks import TASKS, DevSplit, TaskSpec, check_task_names, get_task
-from tasks.engine.sink import MetricSink
-from tasks.metrics.glue import GlueMetric, glue_average, glue_average_name
-from tasks.metrics.squad import SquadMetric, SquadV2Metric
-from tasks.stage import StageContext, run_tracked
+from tasks.run.contract import StageContext, run_tracked
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact, build_stage
 
 log = logging.getLogger(__name__)
 

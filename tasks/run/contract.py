@@ -25,8 +25,8 @@ from prefect.exceptions import MissingContextError
 from pydantic import BaseModel, ConfigDict
 
 from registry.tracking import MlflowSink, Tracker
-from tasks.artifacts import Artifact
-from tasks.engine.sink import MetricSink
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
 

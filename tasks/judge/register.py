@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry.model_registry import register_and_gate
 from registry.tracking import Tracker
-from tasks.artifacts import MANIFEST, Artifact, build_stage
 from tasks.downstream.modelset import MEMBERS
-from tasks.stage import StageContext, run_tracked
+from tasks.run.contract import StageContext, run_tracked
+from tasks.store.artifact import MANIFEST, Artifact, build_stage
 
 STAGE = "register"
 VERSION = "1"

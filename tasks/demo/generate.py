@@ -833,7 +833,7 @@ def generate_demo_data(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m tasks.demo_data OUT_DIR [--seed N] [--docs N] [--train N] [--dev N]`."""
+    """`python -m tasks.demo.generate OUT_DIR [--seed N] [--docs N] [--train N] [--dev N]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--seed", type=int, default=0)

@@ -19,9 +19,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.artifacts import MANIFEST, Artifact, fingerprint
-from tasks.demo_data import generate_demo_data
-from tasks.stage import StageContext, run_tracked
+from tasks.demo.generate import generate_demo_data
+from tasks.run.contract import StageContext, run_tracked
+from tasks.store.artifact import MANIFEST, Artifact, fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from registry.download import download_model, is_mlflow_uri
 from registry.tracking import default_tracking_uri
-from tasks.artifacts import MANIFEST, Artifact
 from tasks.downstream.modelset import FINETUNE_INFO, MEMBERS
-from tasks.engine.sink import MetricSink, NullSink
-from tasks.evaluation import REPORT, EvalConfig, evaluate_checkpoint
+from tasks.judge.evaluation import REPORT, EvalConfig, evaluate_checkpoint
+from tasks.sink import MetricSink, NullSink
+from tasks.store.artifact import MANIFEST, Artifact
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def evaluate_model_uri(
     tracking_uri: str | None = None,
     sink: MetricSink | None = None,
 ) -> dict:
-    """Evaluate the model at `uri` on `cfg.tasks`' dev sets; returns the report (see tasks.evaluation).
+    """Evaluate the model at `uri` on `cfg.tasks`' dev sets; returns the report (see tasks.judge.evaluation).
 
     `uri`: a local checkpoint / fine-tune output dir, ``models:/<name>@<alias>``,
     ``models:/<name>/<version>`` or ``runs:/<run_id>/<path>``. `tracking_uri` defaults to
