@@ -127,6 +127,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
+    from tasks.judge.register import closing_lines
     from tasks.run.config import load_config
     from tasks.run.pipeline_run import check_tracking, format_table
 
@@ -136,9 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("\nDev-set scores (0-100) after fine-tuning on the same budget:")
     print(format_table(result.scores))
     if result.registration:
-        reg = result.registration
-        alias = "champion" if reg["promoted"] else "challenger"
-        print(f"\nRegistered {reg['model_name']} v{reg['version']} as {alias}: {reg['reason']}")
+        print("\n" + "\n".join(closing_lines(result.registration, result.tracking_uri)))
     print(f"\nMLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
     print(f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}")
     return 0
@@ -211,7 +210,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tasks.commands.evaluate_uri import evaluate_model_uri
+    from tasks.judge.by_uri import evaluate_model_uri
     from tasks.judge.evaluation import EvalConfig
 
     cfg = EvalConfig(data_dir=args.data_dir, tasks=tuple(args.tasks), max_seq_len=args.max_seq_len)

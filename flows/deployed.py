@@ -16,7 +16,7 @@ from prefect import flow
 from flows.pipeline import PipelineResult, data_flow, pipeline, pretrain_flow
 from tasks.commands.compare import compare
 from tasks.run.params import PipelineParameters
-from tasks.run.pipeline_run import open_pipeline_run, pipeline_run
+from tasks.run.pipeline_run import pipeline_session
 from tasks.store.artifact import Artifact
 
 
@@ -31,8 +31,7 @@ def pipeline_deployment(params: PipelineParameters) -> PipelineResult:
 def data_deployment(params: PipelineParameters) -> Artifact:
     """Data phase only: (demo data) -> ingest -> dedup -> tokenizer -> pack; returns the packed corpus."""
     config = params.to_config()
-    ctx = open_pipeline_run(config, Path(params.workdir))
-    with pipeline_run(ctx):
+    with pipeline_session(config, Path(params.workdir)) as ctx:
         data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
     return data.packed
 
@@ -41,8 +40,7 @@ def data_deployment(params: PipelineParameters) -> Artifact:
 def pretrain_deployment(params: PipelineParameters) -> Artifact:
     """Data (reused when finished) + pre-training; returns the checkpoint artifact."""
     config = params.to_config()
-    ctx = open_pipeline_run(config, Path(params.workdir))
-    with pipeline_run(ctx):
+    with pipeline_session(config, Path(params.workdir)) as ctx:
         data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
         checkpoint = pretrain_flow(config.pretrain, data, ctx)
     return checkpoint

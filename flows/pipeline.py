@@ -7,19 +7,29 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel
 
-from tasks.data.dedup import DedupConfig, dedup_task
-from tasks.data.ingest import IngestConfig, ingest_task
-from tasks.data.pack import PackConfig, pack_task
-from tasks.data.tokenizer import TokenizerConfig, tokenizer_task
-from tasks.demo.stage import DemoConfig, demo_data_task
-from tasks.judge.evaluation import EvalConfig, evaluate_task
-from tasks.judge.register import register_task
+from tasks.data.dedup import DedupConfig
+from tasks.data.ingest import IngestConfig
+from tasks.data.pack import PackConfig
+from tasks.data.tokenizer import TokenizerConfig
+from tasks.demo.stage import DemoConfig
+from tasks.judge.evaluation import EvalConfig
 from tasks.run.config import PipelineConfig
-from tasks.run.contract import StageContext
-from tasks.run.pipeline_run import open_pipeline_run, pipeline_run, publish_scores
+from tasks.run.context import StageContext
+from tasks.run.pipeline_run import pipeline_session, publish_scores
+from tasks.run.stages import (
+    dedup_task,
+    demo_data_task,
+    evaluate_task,
+    finetune_task,
+    ingest_task,
+    pack_task,
+    pretrain_task,
+    register_task,
+    tokenizer_task,
+)
 from tasks.store.artifact import Artifact
-from tasks.train.finetune import FinetuneConfig, finetune_task
-from tasks.train.pretrain import PretrainConfig, pretrain_task
+from tasks.train.finetune import FinetuneConfig
+from tasks.train.pretrain import PretrainConfig
 
 
 class DataArtifacts(BaseModel):
@@ -32,7 +42,7 @@ class PipelineResult(BaseModel):
     experiment_id: str
     tracking_uri: str
     scores: list[dict[str, object]]
-    registration: dict[str, object] | None
+    registration: Artifact | None
 
 
 @flow(name="data")
@@ -46,16 +56,16 @@ def data_flow(
 ) -> DataArtifacts:
     """1. (demo only) generate synthetic data  2. ingest  3. dedup  4. train the tokenizer  5. pack."""
     if demo is not None:
-        demo_data_task(demo, ctx)
-    docs = dedup_task(dedup, ingest_task(ingest, ctx), ctx)
-    tok = tokenizer_task(tokenizer, docs, ctx)
-    return DataArtifacts(tokenizer=tok, packed=pack_task(pack, docs, tok, ctx))
+        demo_data_task(demo, (), ctx)
+    docs = dedup_task(dedup, (ingest_task(ingest, (), ctx),), ctx)
+    tok = tokenizer_task(tokenizer, (docs,), ctx)
+    return DataArtifacts(tokenizer=tok, packed=pack_task(pack, (docs, tok), ctx))
 
 
 @flow(name="pretrain")
 def pretrain_flow(cfg: PretrainConfig, data: DataArtifacts, ctx: StageContext) -> Artifact:
     """Pre-train the encoder with dynamic-masking MLM on the packed corpus."""
-    return pretrain_task(cfg, data.packed, data.tokenizer, ctx)
+    return pretrain_task(cfg, (data.packed, data.tokenizer), ctx)
 
 
 @flow(name="finetune-evaluate")
@@ -63,8 +73,8 @@ def finetune_evaluate_flow(
     finetune: FinetuneConfig, evaluate: EvalConfig, checkpoint: Artifact, ctx: StageContext, label: str
 ) -> tuple[Artifact, Artifact]:
     """1. multi-task fine-tuning  2. dev-set evaluation (GLUE metrics, SQuAD EM/F1)."""
-    tuned = finetune_task(finetune, checkpoint, ctx, run_name=f"finetune-{label}")
-    return tuned, evaluate_task(evaluate, tuned, ctx, run_name=f"evaluate-{label}")
+    tuned = finetune_task(finetune, (checkpoint,), ctx, run_name=f"finetune-{label}")
+    return tuned, evaluate_task(evaluate, (tuned,), ctx, run_name=f"evaluate-{label}")
 
 
 @flow(name="pipeline")
@@ -76,10 +86,10 @@ def pipeline(config: PipelineConfig, workdir: str) -> PipelineResult:
     3. pre-train
     4. fine-tune + evaluate the pre-trained model (and, for the transfer baseline, a
        randomly initialised one on the same budget)
-    5. register the pre-trained model's fine-tuned checkpoint; promote it if it wins
+    5. register the pre-trained model's fine-tuned checkpoint; the gate promotes it only if
+       it beats the champion on the same suite (and its own random-init baseline)
     """
-    ctx = open_pipeline_run(config, Path(workdir))
-    with pipeline_run(ctx):
+    with pipeline_session(config, Path(workdir)) as ctx:
         data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
         checkpoint = pretrain_flow(config.pretrain, data, ctx)
         tuned, report = finetune_evaluate_flow(
@@ -92,11 +102,13 @@ def pipeline(config: PipelineConfig, workdir: str) -> PipelineResult:
                 baseline, config.evaluate, checkpoint, ctx, "random"
             )
         scores = publish_scores(ctx, reports)
-        registration = register_task(config.registry, tuned, report, ctx) if config.registry.enabled else None
+        registration = None
+        if config.registry.enabled:
+            registration = register_task(config.registry, (tuned, *reports.values()), ctx)
     return PipelineResult(
         parent_run_id=ctx.parent_run_id,
         experiment_id=ctx.experiment_id,
         tracking_uri=ctx.tracking_uri,
         scores=scores,
-        registration=registration.summary if registration else None,
+        registration=registration,
     )

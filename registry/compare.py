@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from registry.model_registry import alias_version, is_not_found
 from registry.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def parent_of(tracker: Tracker, run_id: str) -> Run:
     try:
         run = tracker.client.get_run(run_id)
     except MlflowException as err:
+        if not is_not_found(err):
+            raise
         raise CompareError(f"run {run_id!r} not found at {tracker.tracking_uri}") from err
     parent_id = run.data.tags.get("mlflow.parentRunId")
     return tracker.client.get_run(parent_id) if parent_id else run
@@ -112,13 +115,13 @@ def parent_of(tracker: Tracker, run_id: str) -> Run:
 def model_runs(tracker: Tracker, model: str) -> list[Run]:
     """Parent runs of a registered model's versions (``name`` for all, ``name@alias`` for one)."""
     name, _, alias = model.partition("@")
-    try:
-        if alias:
-            versions = [tracker.client.get_model_version_by_alias(name, alias)]
-        else:
-            versions = tracker.client.search_model_versions(f"name = '{name}'")
-    except MlflowException as err:
-        raise CompareError(f"registered model {model!r} not found at {tracker.tracking_uri}") from err
+    if alias:
+        number = alias_version(tracker, name, alias)
+        if number is None:
+            raise CompareError(f"no version of {name!r} holds alias {alias!r} at {tracker.tracking_uri}")
+        versions = [tracker.client.get_model_version(name, number)]
+    else:
+        versions = tracker.client.search_model_versions(f"name = '{name}'")
     if not versions:
         raise CompareError(f"registered model {model!r} has no versions at {tracker.tracking_uri}")
     ordered = sorted(versions, key=lambda mv: int(mv.version))

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+
+from registry.model_registry import alias_version, is_not_found
+from registry.tracking import Tracker
 
 MODELS_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 MODELS_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -33,19 +35,24 @@ def resolve_source(uri: str, tracking_uri: str) -> str:
     """The artifact URI holding the files of `uri` (a registry version's source, or the runs:/ URI)."""
     if RUNS.match(uri):
         return uri
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    tracker = Tracker(tracking_uri)
+    if match := MODELS_ALIAS.match(uri):
+        name, number = match["name"], alias_version(tracker, match["name"], match["alias"])
+        if number is None:
+            alias = match["alias"]
+            raise ModelUriError(f"{uri!r}: no version of {name!r} holds alias {alias!r} at {tracking_uri}")
+    elif match := MODELS_VERSION.match(uri):
+        name, number = match["name"], match["version"]
+    else:
+        raise ModelUriError(
+            f"{uri!r}: expected models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
+        )
     try:
-        if match := MODELS_ALIAS.match(uri):
-            version = client.get_model_version_by_alias(match["name"], match["alias"])
-        elif match := MODELS_VERSION.match(uri):
-            version = client.get_model_version(match["name"], match["version"])
-        else:
-            raise ModelUriError(
-                f"{uri!r}: expected models:/<name>@<alias>, models:/<name>/<version> or runs:/<run_id>/<path>"
-            )
+        return tracker.client.get_model_version(name, number).source
     except MlflowException as err:
+        if not is_not_found(err):
+            raise
         raise ModelUriError(f"{uri!r}: not found in the registry at {tracking_uri} ({err.message})") from err
-    return version.source
 
 
 def download_model(uri: str, tracking_uri: str, dst: Path) -> Path:

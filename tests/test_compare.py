@@ -14,7 +14,7 @@ import pytest
 
 from flows.cli import main
 from registry.compare import collect, loss_history
-from registry.model_registry import CHAMPION, register_and_gate, version_by_alias
+from registry.model_registry import CHAMPION, Score, alias_version, register_and_gate, version_tags
 from registry.tracking import Tracker
 
 MODEL = "cmp-model"
@@ -45,8 +45,9 @@ def pipeline_record(tracker: Tracker, experiment_id: str, glue: float, losses: l
     (tmp := Path(tracker.tracking_uri.removeprefix("sqlite:///")).parent / f"m-{parent}").mkdir()
     (tmp / "config.json").write_text("{}")
     tracker.log_files(register, [tmp], artifact_path="model")
-    register_and_gate(tracker, name=MODEL, source_run_id=register, artifact_path="model", metric="glue_avg",
-                      score=glue, min_improvement=0.0, tags={})  # fmt: skip
+    register_and_gate(tracker, name=MODEL, source_run_id=register, artifact_path="model",
+                      score=Score("glue_avg", glue, "suite0"), min_improvement=0.0, tags={},
+                      rescore=lambda version: pytest.fail("same suite: nothing to re-score"))  # fmt: skip
     for run in (pretrain, register, parent):
         tracker.end_run(run)
     return parent
@@ -95,11 +96,12 @@ def test_compare_by_run_ids_accepts_a_child_run(store, tmp_path: Path, capsys) -
 def test_promote_moves_champion_with_reason(store, capsys) -> None:
     uri, _ = store
     tracker = Tracker(uri)
-    assert version_by_alias(tracker, MODEL, CHAMPION)[0] == "2"
+    assert alias_version(tracker, MODEL, CHAMPION) == "2"
     assert main(["promote", "--tracking-uri", uri, "--model", MODEL, "--version", "1",
                  "--reason", "v2 regressed on MRPC"]) == 0  # fmt: skip
-    version, tags = version_by_alias(tracker, MODEL, CHAMPION)
-    assert version == "1" and tags["promotion_reason"] == "manual: v2 regressed on MRPC"
+    version = alias_version(tracker, MODEL, CHAMPION)
+    assert version == "1"
+    assert version_tags(tracker, MODEL, version)["promotion_reason"] == "manual: v2 regressed on MRPC"
     assert "(was 2)" in capsys.readouterr().out
 
 

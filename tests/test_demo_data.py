@@ -94,7 +94,7 @@ def test_squad_answers_sit_at_their_offsets(demo: Path) -> None:
 
 def test_corpus_shards_and_planted_duplicates(demo: Path) -> None:
     records = [json.loads(line) for p in sorted((demo / "corpus").glob("part-*.jsonl")) for line in p.open()]
-    planted = json.loads((demo / "corpus" / "planted.json").read_text())
+    planted = json.loads((demo / "planted.json").read_text())
     assert len(list((demo / "corpus").glob("part-*.jsonl"))) == 3  # 307 docs / 128 per shard
     assert len(records) == planted["n_docs"] == SMALL["n_corpus_docs"] + 7
     text = {r["id"]: r["text"] for r in records}

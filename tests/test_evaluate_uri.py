@@ -16,7 +16,7 @@ from models.heads import HeadSpec
 from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
 from registry.download import ModelUriError
-from tasks.commands.evaluate_uri import ModelDirError, content_fingerprint, evaluate_model_uri
+from tasks.judge.by_uri import ModelDirError, content_fingerprint, evaluate_model_uri
 from tasks.judge.evaluation import EvalConfig
 
 WORDS = ("a", "man", "dog", "runs", "sleeps", "cat", "sat", "good", "bad")
@@ -69,7 +69,6 @@ def test_content_fingerprint_ignores_manifest_but_not_weights(tmp_path: Path) ->
     assert content_fingerprint(tmp_path) != before
 
 
-@pytest.mark.slow
 def test_mlflow_registry_alias_version_and_run(setup: tuple[Path, Path, EvalConfig]) -> None:
     root, ckpt, cfg = setup
     tracking = f"sqlite:///{root / 'mlflow.db'}"
@@ -89,7 +88,7 @@ def test_mlflow_registry_alias_version_and_run(setup: tuple[Path, Path, EvalConf
         assert report["per_task"] == local["per_task"], uri
         assert report["report_dir"] == local["report_dir"]  # same content -> the finished report is reused
         assert Path(report["model_dir"]).parent == root / "work" / "models"
-    with pytest.raises(ModelUriError, match="not found in the registry"):
+    with pytest.raises(ModelUriError, match="no version of 'tiny' holds alias 'nobody'"):
         evaluate_model_uri("models:/tiny@nobody", cfg, root / "work", tracking_uri=tracking)
     with pytest.raises(ModelUriError, match="expected models:/"):
         evaluate_model_uri("models:/tiny", cfg, root / "work", tracking_uri=tracking)

@@ -15,6 +15,7 @@ from models.heads import HeadSpec
 from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
 from tasks.downstream.metrics.glue import glue_average
+from tasks.downstream.scoring import MissingHeadError
 from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
 from tasks.sink import MemorySink
 from tasks.store.artifact import Artifact
@@ -156,8 +157,14 @@ def test_summary_is_flat_and_logged(evaluated: tuple[Artifact, MemorySink]) -> N
 
 def test_missing_head_is_a_clear_error(tmp_path: Path) -> None:
     write_dev_sets(tmp_path / "data")
+    rte = tmp_path / "data" / "glue" / "RTE" / "dev.tsv"
+    rte.parent.mkdir(parents=True)
+    rte.write_text("index\tsentence1\tsentence2\tlabel\n0\ta man runs .\ta dog runs .\tentailment\n")
     cfg = EvalConfig(data_dir=str(tmp_path / "data"), tasks=("RTE",))
-    with pytest.raises(ValueError, match="no classification head with 2 outputs for task 'RTE'"):
+    with pytest.raises(MissingHeadError, match="no classification head with 2 outputs for task 'RTE'"):
         evaluate_checkpoint(
             cfg, tiny_finetuned(tmp_path / "ckpt"), workdir=tmp_path / "work", sink=MemorySink()
         )
+    with pytest.raises(FileNotFoundError, match=r"glue/MRPC/dev\.tsv: input file not found"):
+        evaluate_checkpoint(cfg.model_copy(update={"tasks": ("MRPC",)}), tiny_finetuned(tmp_path / "c2"),
+                            workdir=tmp_path / "work")  # fmt: skip

@@ -15,6 +15,7 @@ from models.io import save_checkpoint
 from models.multitask import MultiTaskModel
 from models.pretraining import BertForMaskedLM
 from tasks.commands.export import ExportError, export_checkpoint
+from tasks.store.ownership import ForeignDirectoryError
 
 transformers = pytest.importorskip("transformers")
 
@@ -71,6 +72,9 @@ def perturbed(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+EXACT = {"atol": 1e-5, "rtol": 0.0}  # the README's promise: the same logits
+
+
 def test_masked_lm_logits_match(tmp_path: Path) -> None:
     model = perturbed(BertForMaskedLM(encoder_cfg()))
     (out,) = export_checkpoint(checkpoint(tmp_path, model), tmp_path / "hf")
@@ -80,25 +84,60 @@ def test_masked_lm_logits_match(tmp_path: Path) -> None:
         ours = model(b["input_ids"], b["token_type_ids"], b["attention_mask"])  # (B*T, V)
         theirs = hf(**b).logits.reshape(-1, 64)  # (B, T, V) -> (B*T, V)
     real = b["attention_mask"].reshape(-1).bool()
-    torch.testing.assert_close(theirs[real], ours[real], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(theirs[real], ours[real], **EXACT)
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert tok("The cat sat")["input_ids"][0] == 2  # [CLS] id is fixed at 2
 
 
-def test_sequence_classification_and_regression_heads_match(tmp_path: Path) -> None:
-    heads = {"MRPC": HeadSpec("classification", 2), "STS-B": HeadSpec("regression", 1)}
+@pytest.mark.parametrize(
+    "heads",
+    [
+        {"MRPC": HeadSpec("classification", 2)},
+        {"STS-B": HeadSpec("regression", 1)},
+        {"SQuAD": HeadSpec("span")},
+        {"SST-2": HeadSpec("classification", 2), "STS-B": HeadSpec("regression"), "SQuAD": HeadSpec("span")},
+    ],
+    ids=["classification", "regression", "span", "all-kinds"],
+)
+def test_every_cls_pooled_head_kind_exports_with_the_same_logits(tmp_path: Path, heads: dict) -> None:
     model = perturbed(MultiTaskModel(encoder_cfg(), heads))
     dirs = export_checkpoint(checkpoint(tmp_path, model), tmp_path / "hf")
-    assert [d.name for d in dirs] == ["MRPC", "STS-B"]
+    assert sorted(d.name for d in dirs) == sorted(heads)
     b = batch()
-    for task in heads:
-        hf = transformers.BertForSequenceClassification.from_pretrained(
-            tmp_path / "hf" / task, attn_implementation="eager"
-        ).eval()
+    real = b["attention_mask"].bool()
+    for task, spec in heads.items():
+        family = transformers.BertForQuestionAnswering if spec.kind == "span" else (
+            transformers.BertForSequenceClassification)  # fmt: skip
+        hf = family.from_pretrained(tmp_path / "hf" / task, attn_implementation="eager").eval()
         with torch.no_grad():
             ours = model(task, b["input_ids"], b["token_type_ids"], b["attention_mask"])
-            theirs = hf(**b).logits
-        torch.testing.assert_close(theirs.reshape(ours.shape), ours, atol=1e-4, rtol=1e-4)
+            out = hf(**b)
+        if spec.kind == "span":  # compared where an answer can be: the non-padding positions
+            torch.testing.assert_close(out.start_logits[real], ours[0][real], **EXACT)
+            torch.testing.assert_close(out.end_logits[real], ours[1][real], **EXACT)
+        else:
+            torch.testing.assert_close(out.logits.reshape(ours.shape), ours, **EXACT)
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_mean_pooled_heads_are_refused_with_the_reason(tmp_path: Path, kind: str) -> None:
+    spec = HeadSpec(kind, 2 if kind == "classification" else 1, pooling="mean")
+    model = MultiTaskModel(encoder_cfg(), {"SST-2": spec, "SQuAD": HeadSpec("span")})
+    with pytest.raises(ExportError, match=r"SST-2 pool the mean of the tokens.*pools \[CLS\]"):
+        export_checkpoint(checkpoint(tmp_path, model), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-written
+
+
+def test_export_replaces_its_own_output_but_never_a_foreign_folder(tmp_path: Path) -> None:
+    src = checkpoint(tmp_path, perturbed(BertForMaskedLM(encoder_cfg())))
+    export_checkpoint(src, tmp_path / "hf")
+    export_checkpoint(src, tmp_path / "hf")  # ours: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ForeignDirectoryError, match="not created by bertflow"):
+        export_checkpoint(src, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_pre_ln_is_refused_with_the_reason(tmp_path: Path) -> None:

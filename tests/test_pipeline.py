@@ -8,6 +8,8 @@ and bad input that fails the run and registers nothing.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.pipeline import PipelineResult, pipeline
 from registry.model_registry import CHALLENGER, CHAMPION
+from tasks.judge.register import closing_lines
 from tasks.run.config import PipelineConfig, load_config
 
 FAST = [
@@ -75,7 +78,7 @@ def test_mlflow_record(first: tuple[Path, PipelineResult]) -> None:
 def test_registered_with_alias(first: tuple[Path, PipelineResult]) -> None:
     _, result = first
     client = MlflowClient(result.tracking_uri)
-    assert result.registration is not None and result.registration["version"] == "1"
+    assert result.registration is not None and result.registration.summary["version"] == "1"
     assert str(client.get_model_version_by_alias("pipeline-test", CHALLENGER).version) == "1"
     assert str(client.get_model_version_by_alias("pipeline-test", CHAMPION).version) == "1"
     files = {
@@ -90,7 +93,39 @@ def test_rerun_recomputes_nothing(first: tuple[Path, PipelineResult]) -> None:
     children = child_runs(MlflowClient(again.tracking_uri), again)
     cached = {name: r.data.tags["bertflow.cached"] for name, r in children.items()}
     assert cached == dict.fromkeys(STAGES | TUNE_STAGES, "True")
-    assert again.registration is not None and again.registration["version"] == "1"
+    assert again.registration is not None and again.registration.summary["version"] == "1"
+    lines = closing_lines(again.registration, again.tracking_uri)
+    assert lines[0].startswith("Reused pipeline-test v1, registered on sqlite:///")
+    assert "by an earlier run" in lines[0]
+    assert lines[1] == "Champion of pipeline-test now: v1."
+
+
+def test_changed_training_data_reruns_finetuning_with_new_scores(first: tuple[Path, PipelineResult]) -> None:
+    """Flipping every SST-2 training label must not reuse the fine-tuned model or its scores."""
+    workdir, _ = first
+    data = workdir / "alt-data"
+    shutil.copytree(workdir / "demo-data" / "data", data)
+    train = data / "glue" / "SST-2" / "train.tsv"
+    header, *rows = train.read_text().splitlines()
+    flipped = [f"{s}\t{1 - int(label)}" for s, label in (r.rsplit("\t", 1) for r in rows)]
+    overrides = (f"finetune.data_dir={data}", f"evaluate.data_dir={data}")
+    _, same = run(workdir, *overrides)
+    train.write_text("\n".join([header, *flipped]) + "\n")
+    _, after = run(workdir, *overrides)
+    children = child_runs(MlflowClient(after.tracking_uri), after)
+    recomputed = {name for name, r in children.items() if r.data.tags["bertflow.cached"] == "False"}
+    assert {"finetune-pretrained", "finetune-random", "evaluate-pretrained", "register"} <= recomputed
+    assert same.scores != after.scores
+
+
+def test_new_tracking_uri_registers_there(first: tuple[Path, PipelineResult], tmp_path: Path) -> None:
+    workdir, _ = first
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    _, result = run(workdir, f"tracking.tracking_uri={json.dumps(other)}")
+    assert result.registration is not None and not result.registration.cached
+    assert result.registration.summary["registered_on"] == other
+    assert str(MlflowClient(other).get_model_version_by_alias("pipeline-test", CHAMPION).version) == "1"
+    assert closing_lines(result.registration, other)[0].startswith(f"Registered pipeline-test v1 on {other}")
 
 
 def test_finetune_change_reruns_only_downstream(first: tuple[Path, PipelineResult]) -> None:

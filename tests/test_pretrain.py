@@ -133,7 +133,7 @@ def test_output_is_a_self_contained_checkpoint_dir(finished) -> None:
     )
     assert read_config(artifact.dir)["pretrain"]["max_steps"] == 60
     assert json.loads(artifact.file("metrics.json").read_text()) == artifact.summary
-    assert not list(Path(workdir, "pretrain").glob("*.ckpt"))  # resumable state removed when done
+    assert not list(Path(workdir, ".scratch").glob("pretrain-*"))  # resumable state removed when done
 
 
 def test_finished_stage_is_reused(finished, inputs: tuple[Artifact, Artifact]) -> None:
@@ -159,7 +159,7 @@ def test_killed_stage_resumes_to_the_same_weights(finished, inputs, tmp_path: Pa
     artifact, _, _ = finished
     with pytest.raises(KeyboardInterrupt):
         pretrain(CFG, *inputs, workdir=tmp_path, sink=KillAt(30))  # after the step-20 checkpoint
-    assert len(list((tmp_path / "pretrain").glob("*.ckpt"))) == 1
+    assert len(list((tmp_path / ".scratch").glob("pretrain-*"))) == 1
     sink = MemorySink()
     resumed = pretrain(CFG, *inputs, workdir=tmp_path, sink=sink)
     assert sink.series("loss")[0][0] == 30  # continued from step 20, not from scratch
@@ -304,12 +304,12 @@ def test_sigkill_mid_run_then_relaunch_ends_with_identical_weights(inputs, tmp_p
 
     child = launch(tmp_path / "killed", delay=0.2)
     deadline = time.monotonic() + 120
-    while not list((tmp_path / "killed" / "pretrain").glob("*.ckpt/trainer_state.pt")):
+    while not list((tmp_path / "killed" / ".scratch").glob("pretrain-*/trainer_state.pt")):
         assert child.poll() is None and time.monotonic() < deadline, "child ended before its first checkpoint"
         time.sleep(0.05)
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -signal.SIGKILL
-    (state,) = (tmp_path / "killed" / "pretrain").glob("*.ckpt/trainer_state.pt")
+    (state,) = (tmp_path / "killed" / ".scratch").glob("pretrain-*/trainer_state.pt")
     assert 0 < torch.load(state, weights_only=True)["step"] < 30  # killed mid-way
     assert launch(tmp_path / "killed", delay=0.0).wait() == 0
     assert launch(tmp_path / "straight", delay=0.0).wait() == 0

@@ -8,10 +8,18 @@ from pathlib import Path
 import pytest
 
 from registry.tracking import Tracker, default_tracking_uri
-from tasks.judge.register import RegistrationError, RegistryConfig, check_registrable, model_dirs, register
+from tasks.judge.register import (
+    RegistrationError,
+    RegistryConfig,
+    check_registrable,
+    gate_value,
+    model_dirs,
+    register,
+)
 from tasks.store.artifact import Artifact
 
 FILES = ("model.safetensors", "config.json", "tokenizer.json")
+SUITE = {"fingerprint": "s" * 16, "tasks": ["SST-2"], "config": {"data_dir": ".", "tasks": ["SST-2"]}}
 
 
 def checkpoint(directory: Path) -> Path:
@@ -55,7 +63,7 @@ def test_register_logs_kept_model_but_not_other_seeds(tmp_path: Path) -> None:
     ck = checkpoint(tmp_path / "finetune" / "fp")
     checkpoint(ck / "seeds" / "1")
     (tmp_path / "report").mkdir()
-    (tmp_path / "report" / "report.json").write_text(json.dumps({"glue_avg": 55.0}))
+    (tmp_path / "report" / "report.json").write_text(json.dumps({"glue_avg": 55.0, "suite": SUITE}))
     tracker = Tracker(default_tracking_uri(tmp_path))
     experiment = tracker.experiment("reg", tmp_path / "artifacts")
     run_id = tracker.start_run(experiment, "register")
@@ -64,9 +72,22 @@ def test_register_logs_kept_model_but_not_other_seeds(tmp_path: Path) -> None:
         Artifact(stage="finetune", fingerprint="a" * 16, path=str(ck)),
         Artifact(stage="evaluate", fingerprint="b" * 16, path=str(tmp_path / "report")),
         workdir=tmp_path,
-        tracker=tracker,
         run_id=run_id,
+        destination=tracker.tracking_uri,
     )
     assert art.summary["version"] == "1" and art.summary["promoted"] is True
+    assert art.summary["registered_on"] == tracker.tracking_uri
     logged = {f.path for f in tracker.client.list_artifacts(run_id, "model")}
     assert logged == {f"model/{name}" for name in FILES}
+
+
+def test_gate_scores_the_kept_seed_not_the_median_of_metrics() -> None:
+    per_seed = {"0": {"glue_avg": 48.0}, "1": {"glue_avg": 51.0}}
+    report = {"glue_avg": 50.0, "median_seed": 1, "per_seed": per_seed}
+    assert gate_value(report, "glue_avg") == 51.0
+
+
+def test_registration_needs_a_destination(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a destination"):
+        register(RegistryConfig(), Artifact(stage="f", fingerprint="a", path=str(tmp_path)),
+                 Artifact(stage="e", fingerprint="b", path=str(tmp_path)), workdir=tmp_path)  # fmt: skip

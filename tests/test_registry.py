@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
 
-from registry.model_registry import CHALLENGER, CHAMPION, register_and_gate, version_by_alias
+from registry.model_registry import (
+    CHALLENGER,
+    CHAMPION,
+    NotComparableError,
+    Registration,
+    Score,
+    alias_version,
+    register_and_gate,
+    version_tags,
+)
 from registry.tracking import (
     MlflowSink,
     Tracker,
@@ -53,31 +65,87 @@ def test_unreachable_server_fails_fast() -> None:
         Tracker("http://127.0.0.1:9").check_reachable()
 
 
-def test_gate_promotes_only_improvements(tracker: Tracker, experiment: str, tmp_path: Path) -> None:
+Register = Callable[..., Registration]
+
+
+@pytest.fixture
+def register(tracker: Tracker, experiment: str, tmp_path: Path) -> Register:
+    """register(name, metric value, suite, **gate options) -> the Registration, through the real gate."""
     (tmp_path / "model.safetensors").write_bytes(b"weights")
 
-    def register(score: float) -> tuple[str, bool]:
-        run = tracker.start_run(experiment, "register")
-        tracker.log_files(run, [tmp_path / "model.safetensors"], artifact_path="model")
-        reg = register_and_gate(
-            tracker,
-            name="gate-test",
-            source_run_id=run,
-            artifact_path="model",
-            metric="glue_avg",
-            score=score,
-            min_improvement=0.5,
-            tags={},
-        )
-        tracker.end_run(run)
-        return reg.version, reg.promoted
+    def run(name: str, value: float, suite: str, **gate: object) -> Registration:
+        run_id = tracker.start_run(experiment, "register")
+        tracker.log_files(run_id, [tmp_path / "model.safetensors"], artifact_path="model")
+        options = {"min_improvement": 0.0, "rescore": lambda v: pytest.fail(f"v{v}: no re-score needed")}
+        score = Score("glue_avg", value, suite)
+        reg = register_and_gate(tracker, name=name, source_run_id=run_id, artifact_path="model",
+                                score=score, tags={}, **{**options, **gate})  # fmt: skip
+        tracker.end_run(run_id)
+        return reg
 
-    v1, promoted1 = register(60.0)
-    v2, promoted2 = register(60.3)  # better, but by less than min_improvement
-    v3, promoted3 = register(61.0)
-    assert (promoted1, promoted2, promoted3) == (True, False, True)
-    assert version_by_alias(tracker, "gate-test", CHAMPION)[0] == v3
-    assert version_by_alias(tracker, "gate-test", CHALLENGER)[0] == v3
-    tags = tracker.client.get_model_version("gate-test", v3).tags
-    assert "beats champion" in tags["promotion_reason"] and tags["glue_avg"] == "61.000000"
-    assert v1 != v2
+    return run
+
+
+def test_gate_promotes_only_improvements(tracker: Tracker, register: Register) -> None:
+    r1, r2, r3 = (register("gate-test", v, "s1", min_improvement=0.5) for v in (60.0, 60.3, 61.0))
+    # r2: better, by less than min_improvement
+    assert [r.decision.promoted for r in (r1, r2, r3)] == [True, False, True]
+    assert alias_version(tracker, "gate-test", CHAMPION) == r3.version
+    assert alias_version(tracker, "gate-test", CHALLENGER) == r3.version
+    tags = version_tags(tracker, "gate-test", r3.version)
+    assert "beats champion v1 (60.000)" in tags["promotion_reason"]
+    assert tags["bertflow.score.glue_avg.s1"] == "61.000000" and tags["bertflow.suite"] == "s1"
+    assert tags["bertflow.gate.promoted"] == "True" and tags["bertflow.gate.champion_version"] == "1"
+    assert version_tags(tracker, "gate-test", r2.version)["bertflow.gate.promoted"] == "False"
+
+
+def test_champion_on_another_suite_is_rescored_first(tracker: Tracker, register: Register) -> None:
+    """The QNLI case: a champion scored on SST-2/MRPC/STS-B is compared on QNLI, never by its old number."""
+    register("suite-test", 39.5, "glue3")
+    asked: list[str] = []
+
+    def rescore(version: str) -> float:
+        asked.append(version)
+        return 58.0
+
+    reg = register("suite-test", 55.3, "qnli", rescore=rescore)
+    assert asked == ["1"] and not reg.decision.promoted and reg.decision.champion_rescored
+    expected = "glue_avg 55.300 does not beat champion v1 (re-scored on this suite: 58.000)"
+    assert reg.decision.reason == expected
+    assert version_tags(tracker, "suite-test", "1")["bertflow.score.glue_avg.qnli"] == "58.000000"
+    again = register("suite-test", 59.0, "qnli")
+    assert again.decision.promoted and not again.decision.champion_rescored  # the re-score was recorded
+
+
+def test_champion_that_cannot_be_scored_keeps_its_title(tracker: Tracker, register: Register) -> None:
+    register("headless", 39.5, "glue3")
+
+    def rescore(version: str) -> float:
+        raise NotComparableError("no classification head for task 'QNLI'")
+
+    reg = register("headless", 90.0, "qnli", rescore=rescore)
+    assert not reg.decision.promoted and "cannot be scored on this suite" in reg.decision.reason
+    assert "QNLI" in reg.decision.reason and alias_version(tracker, "headless", CHAMPION) == "1"
+
+
+def test_challenger_below_its_own_baseline_is_not_promoted(tracker: Tracker, register: Register) -> None:
+    reg = register("base-test", 55.3, "q", baseline_score=56.8)
+    assert not reg.decision.promoted and alias_version(tracker, "base-test", CHAMPION) is None
+    assert reg.decision.reason == "glue_avg 55.300 does not beat its own random-init baseline (56.800)"
+    assert version_tags(tracker, "base-test", reg.version)["bertflow.gate.baseline_score"] == "56.800000"
+
+
+def test_registry_errors_are_not_read_as_no_champion(
+    tracker: Tracker, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that fails (server down, permissions) must stop the gate, not crown a "first champion"."""
+    register("flaky", 50.0, "s")
+
+    def failing(name: str) -> None:
+        raise MlflowException("backend unavailable", error_code=INTERNAL_ERROR)
+
+    monkeypatch.setattr(tracker.client, "get_registered_model", failing)
+    with pytest.raises(MlflowException, match="backend unavailable"):
+        alias_version(tracker, "flaky", CHAMPION)
+    with pytest.raises(MlflowException, match="backend unavailable"):
+        register("flaky", 99.0, "s")

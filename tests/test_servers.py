@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import subprocess
 import sys
 import threading
@@ -59,6 +60,20 @@ def test_stale_pid_file_is_ignored(tmp_path: Path) -> None:
     proc.wait()
     (tmp_path / "mlflow.pid").write_text(str(proc.pid))  # that process is gone
     assert read_pid(tmp_path, "mlflow") is None
+
+
+def test_recycled_pid_is_never_signalled(tmp_path: Path) -> None:
+    """A pid file naming a live process that is not the server we started (pid reused): left alone."""
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "mlflow.pid").write_text(str(stranger.pid))
+        (tmp_path / "mlflow.json").write_text(json.dumps({"url": "http://127.0.0.1:1", "start_time": "1"}))
+        assert read_pid(tmp_path, "mlflow") is None
+        assert stop(tmp_path, ("mlflow",)) == {"mlflow": False}
+        assert stranger.poll() is None  # still running: not ours to kill
+    finally:
+        stranger.kill()
+        stranger.wait()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""run_tracked: a stage's MLflow child run ends FINISHED, FAILED or KILLED as the stage does."""
+"""run_stage: a stage's MLflow child run ends FINISHED, FAILED or KILLED as the stage does."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict
 
+from registry.lifecycle import OWNER_TAG, WORKDIR_TAG, close_orphans
 from registry.tracking import Tracker, default_tracking_uri
 from tasks.engine.loop import NonFiniteLossError, TrainingInterrupted
-from tasks.run.contract import StageContext, artifact_key, lineage_tags, run_tracked
-from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage
+from tasks.procs import identity, is_alive
+from tasks.run.context import StageContext
+from tasks.run.contract import lineage_tags, run_stage
+from tasks.run.prefect_io import artifact_key
+from tasks.store.artifact import Artifact
+from tasks.store.stage import Job, Stage
 
 
 class Cfg(BaseModel):
@@ -40,54 +44,61 @@ def child(ctx: StageContext, name: str):
     return runs[0]
 
 
+def build_report(cfg: Cfg, *inputs: Artifact, out: Path, job: Job) -> dict:
+    job.sink.log_metrics({"loss": 2.0}, step=1)
+    (out / "report.json").write_text("{}")
+    return {"rows": 3, "name": "text is not a metric"}
+
+
+def diverge(cfg: Cfg, *, out: Path, job: Job) -> dict:
+    raise NonFiniteLossError(step=7, value=float("nan"))
+
+
+def terminate(cfg: Cfg, *, out: Path, job: Job) -> dict:
+    raise TrainingInterrupted(step=3)
+
+
 def test_finished_run_has_params_metrics_lineage_and_files(ctx: StageContext) -> None:
     upstream = Artifact(stage="pack", fingerprint="f" * 16, path="/x", producer_run_id="r0")
-
-    def compute(sink: MetricSink, run_id: str) -> Artifact:
-        sink.log_metrics({"loss": 2.0}, step=1)
-
-        def build(out: Path) -> dict:
-            (out / "report.json").write_text("{}")
-            return {"rows": 3, "name": "text is not a metric"}
-
-        return build_stage(
-            workdir=ctx.path,
-            stage="ok",
-            version="1",
-            config=Cfg(),
-            inputs=[upstream],
-            build=build,
-            run_id=run_id,
-        )
-
-    art = run_tracked(ctx, "ok", Cfg(), [upstream], compute, files=["report.json"])
+    stage = Stage("ok", build_report, log_files=("report.json",))
+    art = run_stage(stage, Cfg(), [upstream], ctx)
     run = child(ctx, "ok")
     assert run.info.status == "FINISHED" and run.data.params["lr"] == "0.1"
     assert run.data.metrics == {"loss": 2.0, "rows": 3.0}
     assert run.data.tags["bertflow.input.pack.run_id"] == "r0"
     assert run.data.tags["bertflow.fingerprint"] == art.fingerprint
     assert run.data.tags["mlflow.parentRunId"] == ctx.parent_run_id
+    assert run.data.tags[WORKDIR_TAG] == ctx.workdir and run.data.tags[OWNER_TAG] == identity()
     assert [f.path for f in Tracker(ctx.tracking_uri).client.list_artifacts(run.info.run_id)] == [
         "report.json"
     ]
 
 
 def test_non_finite_loss_marks_failed(ctx: StageContext) -> None:
-    def compute(sink: MetricSink, run_id: str) -> Artifact:
-        raise NonFiniteLossError(step=7, value=float("nan"))
-
     with pytest.raises(NonFiniteLossError, match="step 7"):
-        run_tracked(ctx, "diverged", Cfg(), [], compute)
+        run_stage(Stage("diverged", diverge), Cfg(), [], ctx)
     assert child(ctx, "diverged").info.status == "FAILED"
 
 
 def test_sigterm_interrupt_marks_killed(ctx: StageContext) -> None:
-    def compute(sink: MetricSink, run_id: str) -> Artifact:
-        raise TrainingInterrupted(step=3)
-
     with pytest.raises(TrainingInterrupted):
-        run_tracked(ctx, "terminated", Cfg(), [], compute)
+        run_stage(Stage("terminated", terminate), Cfg(), [], ctx)
     assert child(ctx, "terminated").info.status == "KILLED"
+
+
+def test_orphaned_runs_of_dead_processes_are_closed(ctx: StageContext) -> None:
+    tracker = Tracker(ctx.tracking_uri)
+    dead = identity().rsplit(":", 2)[0] + ":999999999:1"  # this host, a pid that cannot run
+    def start(name: str, workdir: str, owner: str) -> str:
+        return tracker.start_run(ctx.experiment_id, name, tags={WORKDIR_TAG: workdir, OWNER_TAG: owner})
+
+    mine, orphan = start("alive", ctx.workdir, identity()), start("orphan", ctx.workdir, dead)
+    other = start("elsewhere", "/other", dead)
+    assert close_orphans(tracker, ctx.experiment_id, ctx.workdir, is_alive) == [orphan]
+    assert tracker.run_status(orphan) == "KILLED"
+    assert tracker.run_status(mine) == tracker.run_status(other) == "RUNNING"
+    for run in (mine, other):
+        tracker.end_run(run)
 
 
 def test_helpers() -> None:

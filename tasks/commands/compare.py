@@ -24,7 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from registry.compare import RunRow, collect, loss_history
 from registry.tracking import Tracker
-from tasks.run.contract import in_prefect_run
+from tasks.run.prefect_io import in_prefect_run
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,18 @@ token types, LayerNorm after the embeddings), so its weights are renamed into
   ``num_labels=1``, ``problem_type="regression"``) and ``BertForQuestionAnswering``
   for a span head; each carries the shared encoder and its own head's pooler.
 
-What does not map (export refuses with the reason): pre-LN (HF BERT has no pre-LN
-variant; the final LayerNorm has no slot), rotary or sinusoidal positions, GEGLU FFNs,
-bias-free layers, document-block attention and ELECTRA checkpoints.
+What does not map (export refuses with the reason, before writing anything): pre-LN (HF
+BERT has no pre-LN variant; the final LayerNorm has no slot), rotary or sinusoidal
+positions, GEGLU FFNs, bias-free layers, document-block attention, ELECTRA checkpoints,
+and mean-pooled sentence heads (``BertForSequenceClassification`` pools [CLS]; its pooler
+cannot average tokens, so the logits would differ).
+
+"Exact" is tested per head kind: the exported model's logits equal ours within 1e-5
+(span heads on the non-padding positions: ours pins padding logits to a large negative
+value, transformers leaves them raw, and neither can answer there).
+
+Output is written to a temporary sibling of ``out`` and renamed into place; an existing
+``out`` is replaced only if an earlier export created it.
 
 The tokenizer files of the checkpoint (tokenizer.json, vocab.txt, tokenizer_config.json,
 special_tokens_map.json) are copied next to the weights, so ``AutoTokenizer`` loads them.
@@ -25,8 +34,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,10 +47,11 @@ from torch import Tensor
 from models.config import EncoderConfig
 from models.io import read_config, read_weights
 from registry.download import download_model, is_mlflow_uri
+from tasks.data.tokenizer import TOKENIZER_FILES
+from tasks.store.ownership import mark_owned, remove_owned
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 HF_WEIGHTS = "model.safetensors"
 
 
@@ -145,23 +157,43 @@ def write_hf_dir(out: Path, weights: Mapping[str, Tensor], config: Mapping[str, 
             log.warning("export: %s has no %s; the exported directory lacks it", src, name)
 
 
+def check_heads(heads: Mapping[str, dict], where: Path) -> None:
+    """Raise naming every head whose pooling transformers cannot reproduce."""
+    pooled = [t for t, spec in heads.items() if spec["kind"] != "span" and spec.get("pooling") == "mean"]
+    if pooled:
+        raise ExportError(
+            f"{where}: cannot export exactly: head(s) {', '.join(pooled)} pool the mean of the tokens, "
+            "but transformers' BertForSequenceClassification pools [CLS]; fine-tune with "
+            "finetune.pooling='cls' for an exportable model"
+        )
+
+
 def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
     """Write the HF directories for ``checkpoint``; returns them (one, or one per task head)."""
     config = read_config(checkpoint)
     cfg = EncoderConfig.from_dict(config["encoder"])
     check_exportable(cfg, checkpoint)
-    state = read_weights(checkpoint)
     kind = config["model_type"]
-    if kind in ("bert_mlm", "bert_pretraining"):
-        write_hf_dir(
-            out, mlm_weights(state, cfg), hf_bert_config(cfg, architectures=["BertForMaskedLM"]), checkpoint
-        )
-        return [out]
-    if kind != "bert_multitask":
+    if kind not in ("bert_mlm", "bert_pretraining", "bert_multitask"):
         raise ExportError(f"{checkpoint}: model_type {kind!r} has no transformers BERT equivalent")
-    return [
-        export_head(checkpoint, out / task, state, cfg, task, spec) for task, spec in config["heads"].items()
-    ]
+    heads = config.get("heads", {})
+    check_heads(heads, checkpoint)
+    state = read_weights(checkpoint)
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+    mark_owned(tmp, "export")
+    try:
+        if kind == "bert_multitask":
+            for task, spec in heads.items():
+                export_head(checkpoint, tmp / task, state, cfg, task, spec)
+        else:
+            config = hf_bert_config(cfg, architectures=["BertForMaskedLM"])
+            write_hf_dir(tmp, mlm_weights(state, cfg), config, checkpoint)
+        remove_owned(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / task for task in heads] if kind == "bert_multitask" else [out]
 
 
 def export_head(

@@ -7,7 +7,7 @@ plus a ``promotion_reason`` tag on the version).
 
 from __future__ import annotations
 
-from registry.model_registry import CHAMPION, check_version, promote, version_by_alias
+from registry.model_registry import CHAMPION, alias_version, check_version, promote
 from registry.tracking import Tracker
 
 
@@ -18,6 +18,6 @@ def promote_version(tracking_uri: str, model: str, version: str, reason: str) ->
     tracker = Tracker(tracking_uri)
     tracker.check_reachable()
     check_version(tracker, model, version)
-    current = version_by_alias(tracker, model, CHAMPION)
+    current = alias_version(tracker, model, CHAMPION)
     promote(tracker, model, version, f"manual: {reason.strip()}")
-    return current[0] if current else None
+    return current

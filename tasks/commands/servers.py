@@ -16,6 +16,7 @@ is off for both. Nothing here imports Prefect or MLflow: they are started as pro
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -27,6 +28,10 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.procs import start_time
+
+log = logging.getLogger(__name__)
 
 ServerName = Literal["prefect", "mlflow"]
 SERVERS: tuple[ServerName, ...] = ("prefect", "mlflow")
@@ -117,28 +122,40 @@ def pid_file(root: Path, name: ServerName) -> Path:
 
 
 def read_pid(root: Path, name: ServerName) -> int | None:
-    """The recorded pid if that process is still alive, else None."""
+    """The recorded pid if that process still runs AND is the one we started, else None.
+
+    A pid file outlives its process; the kernel may since have given the number to an
+    unrelated process. The start time recorded at spawn (``tasks.procs``) tells them apart,
+    so ``stop`` never signals a stranger.
+    """
     path = pid_file(root, name)
     if not path.is_file():
         return None
     try:
         pid = int(path.read_text().strip())
-    except ValueError:
+        started = json.loads((root / f"{name}.json").read_text()).get("start_time")
+    except (ValueError, FileNotFoundError):
         return None
-    return pid if process_alive(pid) else None
+    if not process_alive(pid):
+        return None
+    if started is None or start_time(pid) != started:
+        log.warning("%s: pid %d is no longer the %s server we started; not touching it", path, pid, name)
+        return None
+    return pid
 
 
 def spawn(root: Path, name: ServerName, cmd: list[str], env: Mapping[str, str], url: str) -> int:
     """Start one server detached, record pid + how it was started; returns the pid."""
     (root / "logs").mkdir(parents=True, exist_ok=True)
-    log = (root / "logs" / f"{name}.log").open("ab")
+    log_file = (root / "logs" / f"{name}.log").open("ab")
     full_env = {**os.environ, **TELEMETRY_OFF, **env}
     proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
+        cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env,
         start_new_session=True,
     )  # fmt: skip
+    record = {"url": url, "command": cmd, "env": dict(env), "start_time": start_time(proc.pid)}
+    (root / f"{name}.json").write_text(json.dumps(record, indent=2))
     pid_file(root, name).write_text(str(proc.pid))
-    (root / f"{name}.json").write_text(json.dumps({"url": url, "command": cmd, "env": dict(env)}, indent=2))
     return proc.pid
 
 

@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.data.corpus.minhash import (
@@ -52,15 +50,12 @@ from tasks.data.corpus.minhash import (
 )
 from tasks.data.corpus.normalize import dedup_key_text
 from tasks.data.corpus.shards import ShardWriter, count_docs, iter_doc_batches
-from tasks.run.contract import StageContext, run_tracked
 from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage
+from tasks.store.artifact import Artifact
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "dedup"
-# 2: uint32 affine permutations over crc32 word hashes; 3: exact-Jaccard verification, greedy keep
-VERSION = "3"
 _VERIFY_CHUNK = 65_536  # candidate pairs compared per array operation
 # Spawned workers re-import the parent's __main__ (the CLI: Prefect, MLflow), which costs several
 # seconds each; below this many documents signing inline is faster than starting a pool.
@@ -148,33 +143,26 @@ class _FirstPass:
         self.signatures: list[np.ndarray] = []  # (batch, num_perm) uint32 each
 
 
-def dedup(
-    cfg: DedupConfig, docs: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
-) -> Artifact:
+def build_dedup(cfg: DedupConfig, docs: Artifact, *, out: Path, job: Job) -> dict:
     """Remove exact and near-duplicate documents from a document-shard artifact."""
-
-    def build(out: Path) -> dict:
-        total = count_docs(docs.dir)
-        with (out / "dropped.jsonl").open("w") as dropped:
-            first = _exact_pass(cfg, docs.dir, dropped, sink, total)
-            near_root, pairs, verify_seconds = _near_duplicates(cfg, first, docs.dir)
-            kept = _write_survivors(cfg, docs.dir, out, first, near_root, dropped)
-        report = _report(cfg, total, first, kept, pairs)
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        metrics = {k: float(v) for k, v in report.items() if isinstance(v, int | float)}
-        sink.log_metrics(metrics | {"verify_seconds": verify_seconds}, step=0)
-        log.info(
-            "dedup: kept %d of %d (exact %d, near %d)",
-            kept,
-            total,
-            report["dropped_exact"],
-            report["dropped_near"],
-        )
-        return report
-
-    return build_stage(
-        workdir=workdir, stage=STAGE, version=VERSION, config=cfg, inputs=[docs], build=build, run_id=run_id
+    sink = job.sink
+    total = count_docs(docs.dir)
+    with (out / "dropped.jsonl").open("w") as dropped:
+        first = _exact_pass(cfg, docs.dir, dropped, sink, total)
+        near_root, pairs, verify_seconds = _near_duplicates(cfg, first, docs.dir)
+        kept = _write_survivors(cfg, docs.dir, out, first, near_root, dropped)
+    report = _report(cfg, total, first, kept, pairs)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    metrics = {k: float(v) for k, v in report.items() if isinstance(v, int | float)}
+    sink.log_metrics(metrics | {"verify_seconds": verify_seconds}, step=0)
+    log.info(
+        "dedup: kept %d of %d (exact %d, near %d)",
+        kept,
+        total,
+        report["dropped_exact"],
+        report["dropped_near"],
     )
+    return report
 
 
 def _exact_pass(cfg: DedupConfig, src: Path, dropped: IO[str], sink: MetricSink, total: int) -> _FirstPass:
@@ -345,13 +333,4 @@ def _report(cfg: DedupConfig, total: int, first: _FirstPass, kept: int, pairs: d
     }
 
 
-@task(name="dedup", cache_policy=NO_CACHE)
-def dedup_task(cfg: DedupConfig, docs: Artifact, ctx: StageContext) -> Artifact:
-    return run_tracked(
-        ctx,
-        STAGE,
-        cfg,
-        [docs],
-        lambda sink, run_id: dedup(cfg, docs, workdir=ctx.path, sink=sink, run_id=run_id),
-        files=["report.json", "dropped.jsonl"],
-    )
+dedup = Stage("dedup", build_dedup, log_files=("report.json", "dropped.jsonl"))

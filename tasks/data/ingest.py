@@ -6,16 +6,14 @@ Documents stream from the readers through cleanup and filters into Parquet shard
 counted under a reason (filter, bad record, bad encoding) in the summary, and every input file
 that yielded nothing because it was empty or binary under ``skipped_files``.
 
-The fingerprint covers the config AND the resolved input files (absolute path, size,
-modification time): editing a corpus file or running from another directory builds a new
-artifact instead of silently reusing a stale one.
+The fingerprint covers the config AND the resolved input files (absolute path and a sampled
+content digest, see ``tasks.store.digest``): editing a corpus file or running from another
+directory builds a new artifact instead of silently reusing a stale one.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
-import json
 import logging
 import os
 import re
@@ -25,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.data.corpus.normalize import DocFilter, clean_text
@@ -40,14 +36,11 @@ from tasks.data.corpus.readers import (
     split_compression,
 )
 from tasks.data.corpus.shards import ShardWriter
-from tasks.run.contract import StageContext, retry_on_io, run_tracked
 from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "ingest"
-VERSION = "2"  # 2: repeated-line filter, WikiText format, empty/binary files counted
 
 
 class IngestConfig(BaseModel):
@@ -119,12 +112,6 @@ class IngestConfig(BaseModel):
         return self
 
 
-class _IngestKey(IngestConfig):
-    """What the artifact fingerprint hashes: the config plus a digest of the resolved input files."""
-
-    input_files: str
-
-
 @dataclass(frozen=True)
 class InputFile:
     """One resolved corpus file: where it is, its name inside document ids, and its format."""
@@ -134,45 +121,44 @@ class InputFile:
     format: Format
 
 
-def ingest(cfg: IngestConfig, *, workdir: Path, sink: MetricSink, run_id: str | None = None) -> Artifact:
+def corpus_files(cfg: IngestConfig, workdir: Path) -> list[Path]:
+    """The corpus files ingest reads (their sampled content digests go into the fingerprint)."""
+    return [f.path for f in resolve_inputs(cfg.paths, cfg.format, Path.cwd(), exclude=workdir)]
+
+
+def build_ingest(cfg: IngestConfig, *, out: Path, job: Job) -> dict:
     """Read, clean and filter the corpus into ``docs-*.parquet`` shards (``id``, ``text``)."""
-    files = resolve_inputs(cfg.paths, cfg.format, Path.cwd(), exclude=Path(workdir))
-    key = _IngestKey(**cfg.model_dump(), input_files=_files_digest(files))
-
-    def build(out: Path) -> dict:
-        counts: Counter[str] = Counter()
-        doc_filter = DocFilter(
-            cfg.min_chars, cfg.max_chars, cfg.min_alpha_fraction, cfg.max_repeated_line_fraction
-        )
-        with ShardWriter(out, cfg.shard_docs) as writer:
-            for doc in _raw_docs(cfg, files, counts, sink):
-                text = clean_text(doc.text)
-                reason = doc_filter.reason_to_drop(text)
-                if reason is not None:
-                    counts[reason] += 1
-                    continue
-                writer.add(doc.id, text)
-                if cfg.max_docs is not None and writer.docs >= cfg.max_docs:
-                    break
-        replaced = counts.pop("replaced_lines", 0)
-        skipped_files = {reason: counts.pop(reason) for reason in FILE_REASONS if reason in counts}
-        if writer.docs == 0:
-            raise ValueError(
-                f"corpus is empty after filtering: {_describe(cfg)} "
-                f"(dropped: {dict(counts)}, skipped files: {skipped_files})"
-            )
-        summary = {"docs": writer.docs, "chars": writer.chars, "shards": writer.shards, "files": len(files)}
-        summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
-        summary |= {"skipped_files": skipped_files}
-        sink.log_metrics(_metrics(summary), step=0)
-        log.info(
-            "ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts)
-        )
-        return summary
-
-    return build_stage(
-        workdir=workdir, stage=STAGE, version=VERSION, config=key, inputs=[], build=build, run_id=run_id
+    sink = job.sink
+    files = resolve_inputs(cfg.paths, cfg.format, Path.cwd(), exclude=job.workdir)
+    counts: Counter[str] = Counter()
+    doc_filter = DocFilter(
+        cfg.min_chars, cfg.max_chars, cfg.min_alpha_fraction, cfg.max_repeated_line_fraction
     )
+    with ShardWriter(out, cfg.shard_docs) as writer:
+        for doc in _raw_docs(cfg, files, counts, sink):
+            text = clean_text(doc.text)
+            reason = doc_filter.reason_to_drop(text)
+            if reason is not None:
+                counts[reason] += 1
+                continue
+            writer.add(doc.id, text)
+            if cfg.max_docs is not None and writer.docs >= cfg.max_docs:
+                break
+    replaced = counts.pop("replaced_lines", 0)
+    skipped_files = {reason: counts.pop(reason) for reason in FILE_REASONS if reason in counts}
+    if writer.docs == 0:
+        raise ValueError(
+            f"corpus is empty after filtering: {_describe(cfg)} "
+            f"(dropped: {dict(counts)}, skipped files: {skipped_files})"
+        )
+    summary = {"docs": writer.docs, "chars": writer.chars, "shards": writer.shards, "files": len(files)}
+    summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
+    summary |= {"skipped_files": skipped_files}
+    sink.log_metrics(_metrics(summary), step=0)
+    log.info(
+        "ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts)
+    )
+    return summary
 
 
 FILE_REASONS = ("empty_file", "binary_file")  # counted per file, not per document
@@ -274,7 +260,7 @@ def resolve_inputs(
 
 
 WORKDIR_INTERNALS = frozenset({"mlartifacts", "mlruns", "prefect"})
-STAGE_OUTPUT = re.compile(r"[0-9a-f]{16}(\.ckpt)?|\.tmp-.*|\.resume-.*")
+STAGE_OUTPUT = re.compile(r"[0-9a-f]{16}|\.tmp-.*")
 
 
 def is_pipeline_output(path: Path, workdir: Path) -> bool:
@@ -330,15 +316,6 @@ def _file_format(path: Path, fmt: str, explicit: bool) -> Format | None:
     return detected  # type: ignore[return-value]
 
 
-def _files_digest(files: list[InputFile]) -> str:
-    """Hash of (path, size, mtime, format) per file: changes when any input file changes."""
-    rows = [(str(f.path), f.path.stat().st_size, f.path.stat().st_mtime_ns, f.format) for f in files]
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
-
-
-@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_io)
-def ingest_task(cfg: IngestConfig, ctx: StageContext) -> Artifact:
-    """Retried on network errors only: streaming a Hub dataset is I/O that can fail transiently."""
-    return run_tracked(
-        ctx, STAGE, cfg, [], lambda sink, run_id: ingest(cfg, workdir=ctx.path, sink=sink, run_id=run_id)
-    )
+ingest = Stage(
+    "ingest", build_ingest, reads=corpus_files, sampled_reads=True, retry_on_io=True  # Hub streaming is I/O
+)

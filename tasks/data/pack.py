@@ -25,21 +25,17 @@ from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
 from tasks.data.corpus.shards import count_docs, iter_doc_batches
 from tasks.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, load_tokenizer
-from tasks.run.contract import StageContext, run_tracked
 from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage
+from tasks.store.artifact import Artifact
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "pack"
-VERSION = "1"
 SPLITS = ("train", "validation")
 
 
@@ -60,48 +56,29 @@ class PackConfig(BaseModel):
     batch_docs: int = Field(1000, ge=1, le=1_000_000, description="Documents encoded per encode_batch call.")
 
 
-def pack(
-    cfg: PackConfig,
-    docs: Artifact,
-    tokenizer: Artifact,
-    *,
-    workdir: Path,
-    sink: MetricSink,
-    run_id: str | None = None,
-) -> Artifact:
+def build_pack(cfg: PackConfig, docs: Artifact, tokenizer: Artifact, *, out: Path, job: Job) -> dict:
     """Encode documents with the tokenizer artifact and write the packed-dir format."""
-
-    def build(out: Path) -> dict:
-        tok = load_tokenizer(tokenizer.dir)
-        tok.no_truncation()
-        tok.no_padding()
-        vocab_size = tok.get_vocab_size()
-        dtype = np.dtype(np.uint16 if vocab_size <= 65_535 else np.int32)
-        writers = {s: _RowWriter(out / f"{s}.bin", cfg.seq_len, cfg.mode, dtype) for s in SPLITS}
-        try:
-            _encode_into(cfg, tok, docs.dir, writers, sink)
-        finally:
-            for writer in writers.values():
-                writer.file.close()
-        if writers["train"].rows == 0:
-            raise ValueError(
-                f"pack: no training rows from {docs.dir} (all {writers['validation'].docs} docs held out)"
-            )
-        (out / "pack.json").write_text(json.dumps(_pack_json(cfg, dtype, vocab_size, writers), indent=2))
-        summary = _summary(cfg, dtype, vocab_size, writers)
-        sink.log_metrics(_metrics(writers), step=0)
-        log.info("pack: %s", summary)
-        return summary
-
-    return build_stage(
-        workdir=workdir,
-        stage=STAGE,
-        version=VERSION,
-        config=cfg,
-        inputs=[docs, tokenizer],
-        build=build,
-        run_id=run_id,
-    )
+    sink = job.sink
+    tok = load_tokenizer(tokenizer.dir)
+    tok.no_truncation()
+    tok.no_padding()
+    vocab_size = tok.get_vocab_size()
+    dtype = np.dtype(np.uint16 if vocab_size <= 65_535 else np.int32)
+    writers = {s: _RowWriter(out / f"{s}.bin", cfg.seq_len, cfg.mode, dtype) for s in SPLITS}
+    try:
+        _encode_into(cfg, tok, docs.dir, writers, sink)
+    finally:
+        for writer in writers.values():
+            writer.file.close()
+    if writers["train"].rows == 0:
+        raise ValueError(
+            f"pack: no training rows from {docs.dir} (all {writers['validation'].docs} docs held out)"
+        )
+    (out / "pack.json").write_text(json.dumps(_pack_json(cfg, dtype, vocab_size, writers), indent=2))
+    summary = _summary(cfg, dtype, vocab_size, writers)
+    sink.log_metrics(_metrics(writers), step=0)
+    log.info("pack: %s", summary)
+    return summary
 
 
 def _encode_into(
@@ -223,13 +200,4 @@ def _metrics(writers: dict[str, _RowWriter]) -> dict[str, float]:
     return metrics
 
 
-@task(name="pack", cache_policy=NO_CACHE)
-def pack_task(cfg: PackConfig, docs: Artifact, tokenizer: Artifact, ctx: StageContext) -> Artifact:
-    return run_tracked(
-        ctx,
-        STAGE,
-        cfg,
-        [docs, tokenizer],
-        lambda sink, run_id: pack(cfg, docs, tokenizer, workdir=ctx.path, sink=sink, run_id=run_id),
-        files=["pack.json"],
-    )
+pack = Stage("pack", build_pack, log_files=("pack.json",))

@@ -28,20 +28,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tasks.data.corpus.shards import count_docs, iter_doc_batches
-from tasks.run.contract import StageContext, run_tracked
 from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage
+from tasks.store.artifact import Artifact
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "tokenizer"
-VERSION = "2"  # 2: vocabulary padded with [unused*] to a multiple of pad_vocab_multiple
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # index == fixed id
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 _SUBWORD_PREFIX = "##"
@@ -77,31 +74,24 @@ class TokenizerConfig(BaseModel):
     batch_docs: int = Field(1000, ge=1, le=1_000_000, description="Documents per batch fed to the trainer.")
 
 
-def train_tokenizer(
-    cfg: TokenizerConfig, docs: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
-) -> Artifact:
+def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job) -> dict:
     """Train a tokenizer on a document-shard artifact and save it in tokenizers + HF formats."""
-
-    def build(out: Path) -> dict:
-        total = count_docs(docs.dir) if cfg.max_docs is None else min(cfg.max_docs, count_docs(docs.dir))
-        tokenizer = _new_tokenizer(cfg)
-        tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), _trainer(cfg), length=total)
-        _check_special_ids(tokenizer, "trained tokenizer")
-        trained = tokenizer.get_vocab_size()
-        tokenizer = pad_vocab(tokenizer, cfg.pad_vocab_multiple)
-        tokenizer.post_processor = _bert_template()
-        _save(cfg, tokenizer, out)
-        summary = {"algorithm": cfg.algorithm, "vocab_size": tokenizer.get_vocab_size(), "docs": total}
-        summary |= {"trained_vocab_size": trained, "unused_tokens": summary["vocab_size"] - trained}
-        sink.log_metrics({"vocab_size": summary["vocab_size"], "docs": total}, step=0)
-        log.info(
-            "tokenizer: %s vocabulary of %d from %d documents", cfg.algorithm, summary["vocab_size"], total
-        )
-        return summary
-
-    return build_stage(
-        workdir=workdir, stage=STAGE, version=VERSION, config=cfg, inputs=[docs], build=build, run_id=run_id
+    sink = job.sink
+    total = count_docs(docs.dir) if cfg.max_docs is None else min(cfg.max_docs, count_docs(docs.dir))
+    tokenizer = _new_tokenizer(cfg)
+    tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), _trainer(cfg), length=total)
+    _check_special_ids(tokenizer, "trained tokenizer")
+    trained = tokenizer.get_vocab_size()
+    tokenizer = pad_vocab(tokenizer, cfg.pad_vocab_multiple)
+    tokenizer.post_processor = _bert_template()
+    _save(cfg, tokenizer, out)
+    summary = {"algorithm": cfg.algorithm, "vocab_size": tokenizer.get_vocab_size(), "docs": total}
+    summary |= {"trained_vocab_size": trained, "unused_tokens": summary["vocab_size"] - trained}
+    sink.log_metrics({"vocab_size": summary["vocab_size"], "docs": total}, step=0)
+    log.info(
+        "tokenizer: %s vocabulary of %d from %d documents", cfg.algorithm, summary["vocab_size"], total
     )
+    return summary
 
 
 def load_tokenizer(directory: Path | str) -> Tokenizer:
@@ -228,13 +218,4 @@ def _save(cfg: TokenizerConfig, tokenizer: Tokenizer, out: Path) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
 
 
-@task(name="tokenizer", cache_policy=NO_CACHE)
-def tokenizer_task(cfg: TokenizerConfig, docs: Artifact, ctx: StageContext) -> Artifact:
-    return run_tracked(
-        ctx,
-        STAGE,
-        cfg,
-        [docs],
-        lambda sink, run_id: train_tokenizer(cfg, docs, workdir=ctx.path, sink=sink, run_id=run_id),
-        files=["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"],
-    )
+train_tokenizer = Stage("tokenizer", build_tokenizer, log_files=TOKENIZER_FILES)

@@ -483,14 +483,12 @@ def corpus_records(plan: CorpusPlan, lex: Lexicon, rng: np.random.Generator) -> 
     return records, report
 
 
-def write_corpus(corpus_dir: Path, records: list[dict], report: dict, docs_per_shard: int) -> None:
-    corpus_dir.mkdir(parents=True, exist_ok=True)
-    for stale in corpus_dir.glob("part-*.jsonl"):
-        stale.unlink()
+def write_corpus(corpus_dir: Path, records: list[dict], docs_per_shard: int) -> None:
+    """JSONL shards of the corpus into a new directory (an existing one is refused, never cleared)."""
+    corpus_dir.mkdir(parents=True, exist_ok=False)
     for shard, start in enumerate(range(0, len(records), docs_per_shard)):
         lines = [json.dumps(r, ensure_ascii=True) + "\n" for r in records[start : start + docs_per_shard]]
         (corpus_dir / f"part-{shard:03d}.jsonl").write_text("".join(lines), encoding="utf-8")
-    (corpus_dir / "planted.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -804,7 +802,8 @@ def generate_demo_data(
     docs_per_shard: int = 2000,
     lexicon: LexiconSpec | None = None,
 ) -> DemoDataPaths:
-    """Write the synthetic corpus (<out>/corpus) and downstream tasks (<out>/data); same seed, same bytes.
+    """Write the synthetic corpus (<out>/corpus), the planted duplicates (<out>/planted.json) and the
+    downstream tasks (<out>/data); same seed, same bytes.
 
     heldout_frac: share of each class's words never used by fine-tuning train sets.
     dev_heldout_prob: chance that a dev slot draws a held-out word (else a visible one).
@@ -818,7 +817,9 @@ def generate_demo_data(
     plan = CorpusPlan(n_corpus_docs, n_exact_dups, n_near_dups, docs_per_shard, restate_prob)
     records, report = corpus_records(plan, lex, rngs["corpus"])
     paths = DemoDataPaths(corpus_dir=out_dir / "corpus", data_dir=out_dir / "data")
-    write_corpus(paths.corpus_dir, records, report, docs_per_shard)
+    write_corpus(paths.corpus_dir, records, docs_per_shard)
+    # beside the corpus, not in it: ingest reads every file of the corpus folder
+    (out_dir / "planted.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     write_tasks(paths.data_dir, lex, rngs, {"train": n_train, "dev": n_dev}, dev_heldout_prob, label_noise)
     write_lexicon(out_dir / "lexicon.json", lex)
     log.info(

@@ -59,6 +59,11 @@ Example = GlueExample | SquadExample
 Features = SequenceFeatures | SpanFeatures
 
 
+def task_file(data_dir: str | Path, spec: TaskSpec, file: str) -> Path:
+    """Where one of a task's files lives in a downstream data dir (glue/<TASK>/ or squad/)."""
+    return squad_path(data_dir, spec, file) if spec.kind == "span" else glue_path(data_dir, spec, file)
+
+
 def read_examples(data_dir: str | Path, spec: TaskSpec, file: str) -> list[Example]:
     """Examples of one task file in a downstream data dir (GLUE tsv or SQuAD JSON, by the task's kind)."""
     if spec.kind == "span":

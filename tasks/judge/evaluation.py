@@ -1,76 +1,50 @@
 """Evaluate stage: run a fine-tuned checkpoint on every task's dev set(s) and write a report.
 
-Scores come from the project's own `evaluate.Metric` subclasses (official GLUE / SQuAD
-definitions, 0-100 scale). The report carries the per-task numbers, the GLUE average
-(inside each task first, then across tasks) without WNLI and, when WNLI was evaluated,
-with it, each with a name that lists the tasks it covers, and SQuAD EM / F1. Every
-prediction is written to ``predictions/<task>.jsonl`` so a score can be audited.
+Scoring itself is ``tasks.downstream.scoring`` (official GLUE / SQuAD definitions, 0-100
+scale). The report carries the per-task numbers, the GLUE average (inside each task
+first, then across tasks) without WNLI and, when WNLI was evaluated, with it, each with a
+name that lists the tasks it covers, and SQuAD EM / F1. Every prediction is written to
+``predictions/<task>.jsonl`` so a score can be audited.
+
+The report also names its **suite**: the tasks, the scoring settings, the content hash
+of every dev file and the digest of the scoring code. Two scores are comparable only when
+their suites are equal; the promotion gate relies on it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tokenizers import Tokenizer
+from pydantic import Field, field_validator
 
-from models.io import load_multitask
-from models.multitask import MultiTaskModel
-from tasks.downstream.features import Features, SpanFeatures, collate, encode_examples, read_examples
-from tasks.downstream.glue import GlueExample
-from tasks.downstream.metrics.glue import GlueMetric, glue_average, glue_average_name
-from tasks.downstream.metrics.squad import SquadMetric, SquadV2Metric
-from tasks.downstream.modelset import median_seed, member_dir, seed_sets
-from tasks.downstream.spans import best_spans
-from tasks.downstream.squad import SquadExample
-from tasks.downstream.tasks import TASKS, DevSplit, TaskSpec, check_task_names, get_task
-from tasks.run.contract import StageContext, run_tracked
-from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage
+from tasks.downstream.features import task_file
+from tasks.downstream.metrics.glue import glue_average, glue_average_name
+from tasks.downstream.modelset import median_seed, seed_sets
+from tasks.downstream.scoring import ScoringConfig, evaluate_model_set
+from tasks.downstream.tasks import TASKS, check_task_names, get_task
+from tasks.store.artifact import Artifact
+from tasks.store.digest import code_digest, files_digest, json_digest
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "evaluate"
-VERSION = "2"
 REPORT = "report.json"
-N_BEST_WRITTEN = 5  # candidates kept per SQuAD question in predictions/SQuAD.jsonl
+SCORING_CODE = "tasks.downstream.scoring"
+NOT_SCORE_SETTINGS = frozenset({"data_dir", "batch_size", "tasks"})  # where / how fast, not what is scored
 
 
-class EvalConfig(BaseModel):
-    """Dev-set evaluation settings (flat and typed so Prefect renders a form)."""
+class EvalConfig(ScoringConfig):
+    """Dev-set evaluation: which tasks, scored how (flat and typed so Prefect renders a form)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    data_dir: str = Field(description="Downstream data dir holding glue/<TASK>/dev*.tsv and squad/dev.json.")
     tasks: tuple[str, ...] = Field(
         ("CoLA", "SST-2", "MRPC", "STS-B", "RTE"),
         min_length=1,
         description=f"Tasks to evaluate (each needs a head in the checkpoint): {', '.join(TASKS)}.",
-    )
-    max_seq_len: int = Field(128, ge=8, le=4096, description="Token budget per input (pairs: longest-first).")
-    doc_stride: int = Field(64, ge=1, le=4096, description="SQuAD: tokens between window starts.")
-    n_best: int = Field(20, ge=1, le=100, description="SQuAD: start/end candidates per window.")
-    max_answer_length: int = Field(30, ge=1, le=512, description="SQuAD: longest answer span in tokens.")
-    no_answer_threshold: float = Field(
-        0.0,
-        ge=-1000.0,
-        le=1000.0,
-        description="SQuAD v2: predict no answer when null score minus best span score exceeds this.",
-    )
-    batch_size: int = Field(64, ge=1, le=4096, description="Inference batch size.")
-    max_examples_per_task: int | None = Field(
-        None, ge=1, description="Score only the first N dev examples per file (smoke runs); None = all."
     )
 
     @field_validator("tasks")
@@ -79,190 +53,25 @@ class EvalConfig(BaseModel):
         return check_task_names(tasks)
 
 
-def model_outputs(
-    model: MultiTaskModel, task: str, features: Sequence[Features], batch_size: int
-) -> list[Any]:
-    """Per-feature outputs in input order: (C,) logits, a float score, or (start, end) (T_f,) logits.
+def dev_files(cfg: EvalConfig, workdir: Path | None = None) -> list[Path]:
+    """Every dev file the evaluation reads."""
+    specs = [get_task(name) for name in cfg.tasks]
+    return [task_file(cfg.data_dir, s, split.file) for s in specs for split in s.dev_splits]
 
-    Features are run in length order so each padded batch wastes little compute.
+
+def suite(cfg: EvalConfig) -> dict[str, Any]:
+    """What makes two scores comparable: tasks, scoring settings, dev-file contents, scoring code.
+
+    Dev files are named relative to the data dir, so the same data in another place is
+    the same suite; their sha256 tells edited data apart.
     """
-    device = next(model.parameters()).device
-    order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
-    outputs: list[Any] = [None] * len(features)
-    with torch.no_grad():
-        for lo in range(0, len(order), batch_size):
-            chunk = order[lo : lo + batch_size]
-            batch = collate([features[i] for i in chunk])
-            out = model(
-                task, **{k: batch[k].to(device) for k in ("input_ids", "token_type_ids", "attention_mask")}
-            )
-            for row, i in enumerate(chunk):
-                outputs[i] = _row_output(out, row, len(features[i].input_ids))
-    return outputs
-
-
-def _row_output(out: Any, row: int, length: int) -> Any:
-    if isinstance(out, tuple):  # span: (B, T) start and end logits, cut back to this feature's length
-        return out[0][row, :length].float().cpu().numpy(), out[1][row, :length].float().cpu().numpy()
-    value = out[row].float().cpu()
-    return value.numpy() if value.ndim else float(value)
-
-
-def score_glue(
-    spec: TaskSpec, split: DevSplit, examples: Sequence[GlueExample], outputs: Sequence[Any]
-) -> tuple[dict[str, float], list[dict]]:
-    """Metrics of one GLUE dev file (keys suffixed for MNLI m/mm) and its prediction rows."""
-    if spec.kind == "classification":
-        preds: list[int | float] = [int(np.argmax(o)) for o in outputs]
-    else:
-        preds = [float(o) for o in outputs]
-    scores = GlueMetric(spec.name).compute(predictions=preds, references=[e.label for e in examples])
-    suffix = f"_{split.suffix}" if split.suffix else ""
-    rows = [
-        {
-            "id": e.id,
-            "split": split.file,
-            "prediction": _label_name(spec, p),
-            "label": _label_name(spec, e.label),
-        }
-        for e, p in zip(examples, preds, strict=True)
-    ]
-    return {f"{name}{suffix}": value for name, value in scores.items()}, rows
-
-
-def _label_name(spec: TaskSpec, value: int | float) -> str | float:
-    return spec.labels[int(value)] if spec.kind == "classification" else float(value)
-
-
-def score_squad(
-    cfg: EvalConfig,
-    spec: TaskSpec,
-    examples: Sequence[SquadExample],
-    features: Sequence[SpanFeatures],
-    outputs: Sequence[Any],
-) -> tuple[dict[str, float], list[dict]]:
-    """EM / F1 from the n-best decoded spans of every question over all its windows.
-
-    For a task with unanswerable questions (SQuAD v2.0) each question also gets a
-    no-answer score: its null score (the [CLS] start + end logit, the smallest over its
-    windows, as in BERT's run_squad) minus the best span's score. Above
-    `cfg.no_answer_threshold` the prediction is ""; the metric also tunes that threshold
-    on this dev set (best_exact / best_f1 and their thresholds).
-    """
-    windows: dict[int, list[int]] = defaultdict(list)
-    for i, feature in enumerate(features):
-        windows[feature.example_index].append(i)
-    predictions, rows = [], []
-    for index, example in enumerate(examples):
-        ids = windows[index]
-        spans = best_spans(
-            [features[i] for i in ids],
-            example.context,
-            [outputs[i][0] for i in ids],
-            [outputs[i][1] for i in ids],
-            n_best=cfg.n_best,
-            max_answer_length=cfg.max_answer_length,
-        )
-        text = spans[0].text if spans else ""
-        row = {"id": example.id, "prediction_text": text, "answers": list(example.answer_texts)}
-        prediction = {"id": example.id, "prediction_text": text}
-        if spec.no_answer:
-            null = min(float(outputs[i][0][0] + outputs[i][1][0]) for i in ids)  # [CLS] is position 0
-            na_score = null - spans[0].score if spans else math.inf  # no valid span: only "" is possible
-            prediction["no_answer_probability"] = na_score
-            answered = na_score <= cfg.no_answer_threshold
-            row |= {
-                "prediction_text": text if answered else "",
-                "best_span": text,
-                "null_score": null,
-                "no_answer_score": na_score if math.isfinite(na_score) else None,
-                "is_impossible": example.is_impossible,
-            }
-        row["n_best"] = [{"text": s.text, "score": s.score} for s in spans[:N_BEST_WRITTEN]]
-        predictions.append(prediction)
-        rows.append(row)
-    references = [
-        {"id": e.id, "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}}
-        for e in examples
-    ]
-    if spec.no_answer:
-        metric = SquadV2Metric().compute(
-            predictions=predictions, references=references, no_answer_threshold=cfg.no_answer_threshold
-        )
-        return metric, rows
-    return SquadMetric().compute(predictions=predictions, references=references), rows
-
-
-def evaluate_one_task(
-    cfg: EvalConfig, model: MultiTaskModel, tokenizer: Tokenizer, spec: TaskSpec
-) -> tuple[dict[str, float], list[dict], dict[str, int]]:
-    """All dev files of one task: (metrics, prediction rows, examples scored per file)."""
-    metrics: dict[str, float] = {}
-    rows: list[dict] = []
-    counts: dict[str, int] = {}
-    for split in spec.dev_splits:
-        examples = read_examples(cfg.data_dir, spec, split.file)[: cfg.max_examples_per_task]
-        features = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
-        outputs = model_outputs(model, spec.name, features, cfg.batch_size)
-        if spec.kind == "span":
-            scores, split_rows = score_squad(cfg, spec, examples, features, outputs)  # type: ignore[arg-type]
-        else:
-            scores, split_rows = score_glue(spec, split, examples, outputs)  # type: ignore[arg-type]
-        metrics.update(scores)
-        rows.extend(split_rows)
-        counts[split.file] = len(examples)
-    return metrics, rows, counts
-
-
-def load_model(directory: Path, specs: Sequence[TaskSpec], max_seq_len: int) -> MultiTaskModel:
-    """The fine-tuned model in `directory`, checked to have a head of the right kind for every task."""
-    model = load_multitask(directory)
-    if max_seq_len > model.cfg.max_position:
-        raise ValueError(
-            f"max_seq_len={max_seq_len} exceeds {directory}'s max_position={model.cfg.max_position}"
-        )
-    for spec in specs:
-        head = model.head_specs.get(spec.name)
-        if head is None or head.kind != spec.kind or head.num_labels != spec.num_labels:
-            heads = {n: h.to_dict() for n, h in model.head_specs.items()}
-            raise ValueError(
-                f"{directory}: no {spec.kind} head with {spec.num_labels} outputs "
-                f"for task {spec.name!r} (heads: {heads})"
-            )
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-
-
-@dataclass
-class SetScores:
-    """Dev results of one model set: metrics, prediction rows and examples scored, per task."""
-
-    per_task: dict[str, dict[str, float]] = field(default_factory=dict)
-    rows: dict[str, list[dict]] = field(default_factory=dict)
-    dev_examples: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def evaluate_model_set(
-    cfg: EvalConfig, directory: Path, specs: Sequence[TaskSpec], sink: MetricSink | None = None
-) -> SetScores:
-    """Score every task with the checkpoint that serves it (see tasks.downstream.modelset)."""
-    scores, models = SetScores(), {}
-    for done, spec in enumerate(specs):
-        member = member_dir(directory, spec.name)
-        if member not in models:  # a multi-task model serving many tasks is loaded once
-            models[member] = load_model(
-                member, [s for s in specs if member_dir(directory, s.name) == member], cfg.max_seq_len
-            )
-        tokenizer = Tokenizer.from_file(str(member / "tokenizer.json"))
-        metrics, rows, counts = evaluate_one_task(cfg, models[member], tokenizer, spec)
-        scores.per_task[spec.name], scores.rows[spec.name], scores.dev_examples[spec.name] = (
-            metrics,
-            rows,
-            counts,
-        )
-        log.info("%s: %s", spec.name, metrics)
-        if sink is not None:
-            sink.progress(done + 1, len(specs))
-    return scores
+    root = Path(cfg.data_dir).resolve()
+    files = {Path(p).relative_to(root).as_posix(): h for p, h in files_digest(dev_files(cfg)).items()}
+    settings = cfg.model_dump(mode="json", exclude=set(NOT_SCORE_SETTINGS))
+    payload = {"tasks": list(cfg.tasks), "settings": settings, "dev_files": files}
+    payload["scoring_code"] = code_digest(SCORING_CODE)
+    config = cfg.model_dump(mode="json")
+    return {"fingerprint": json_digest(payload), "tasks": list(cfg.tasks), "config": config}
 
 
 def median_metrics(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
@@ -272,12 +81,6 @@ def median_metrics(per_seed: Mapping[int, Mapping[str, Mapping[str, float]]]) ->
         task: {name: float(np.median([runs[task][name] for runs in per_seed.values()])) for name in metrics}
         for task, metrics in first.items()
     }
-
-
-def selection_score(per_task: Mapping[str, Mapping[str, float]]) -> float:
-    """One number per model set, to rank seeds: the mean over tasks of each task's own headline mean
-    (GLUE metrics averaged inside the task as in the GLUE score; SQuAD EM and F1)."""
-    return float(np.mean([np.mean([m[k] for k in get_task(t).metric_keys()]) for t, m in per_task.items()]))
 
 
 def write_predictions(directory: Path, rows: Mapping[str, list[dict]]) -> None:
@@ -317,58 +120,33 @@ def flat_summary(report: dict) -> dict[str, float]:
     return out
 
 
-def evaluate_checkpoint(
-    cfg: EvalConfig, checkpoint: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
-) -> Artifact:
-    """Score `checkpoint` on every task's dev set; the artifact holds report.json and predictions/.
+def build_evaluate(cfg: EvalConfig, checkpoint: Artifact, *, out: Path, job: Job) -> dict:
+    """Score `checkpoint` on every task's dev set; writes report.json and predictions/.
 
     A several-seed fine-tune output is scored seed by seed: the report keeps every
     seed's numbers under ``per_seed`` and reports the per-metric MEDIAN as ``per_task``
     (which the GLUE averages are computed from), predictions under predictions/seed-<s>/.
     """
     specs = [get_task(name) for name in cfg.tasks]
-
-    def build(out: Path) -> dict:
-        seeds = seed_sets(checkpoint.dir)
-        if not seeds:
-            scores = evaluate_model_set(cfg, checkpoint.dir, specs, sink)
-            write_predictions(out / "predictions", scores.rows)
-            report = build_report(scores.per_task, scores.dev_examples)
-        else:
-            per_seed = {}
-            for seed, directory in seeds.items():
-                scores = evaluate_model_set(cfg, directory, specs, sink)
-                write_predictions(out / "predictions" / f"seed-{seed}", scores.rows)
-                per_seed[seed] = scores.per_task
-            report = build_report(median_metrics(per_seed), scores.dev_examples)
-            report |= {"per_seed": {str(s): build_report(p, {}) for s, p in per_seed.items()}}
-            report |= {"seeds": sorted(seeds), "median_seed": median_seed(checkpoint.dir)}
-        (out / REPORT).write_text(json.dumps(report, indent=2))
-        summary = flat_summary(report)
-        sink.log_metrics(summary, step=0)
-        return summary
-
-    return build_stage(
-        workdir=Path(workdir),
-        stage=STAGE,
-        version=VERSION,
-        config=cfg,
-        inputs=[checkpoint],
-        build=build,
-        run_id=run_id,
-    )
+    seeds = seed_sets(checkpoint.dir)
+    if not seeds:
+        scores = evaluate_model_set(cfg, checkpoint.dir, specs, job.sink)
+        write_predictions(out / "predictions", scores.rows)
+        report = build_report(scores.per_task, scores.dev_examples)
+    else:
+        per_seed = {}
+        for seed, directory in seeds.items():
+            scores = evaluate_model_set(cfg, directory, specs, job.sink)
+            write_predictions(out / "predictions" / f"seed-{seed}", scores.rows)
+            per_seed[seed] = scores.per_task
+        report = build_report(median_metrics(per_seed), scores.dev_examples)
+        report |= {"per_seed": {str(s): build_report(p, {}) for s, p in per_seed.items()}}
+        report |= {"seeds": sorted(seeds), "median_seed": median_seed(checkpoint.dir)}
+    report["suite"] = suite(cfg)
+    (out / REPORT).write_text(json.dumps(report, indent=2))
+    summary = flat_summary(report)
+    job.sink.log_metrics(summary, step=0)
+    return summary
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(
-    cfg: EvalConfig, checkpoint: Artifact, ctx: StageContext, run_name: str = STAGE
-) -> Artifact:
-    return run_tracked(
-        ctx,
-        STAGE,
-        cfg,
-        [checkpoint],
-        lambda sink, run_id: evaluate_checkpoint(cfg, checkpoint, workdir=ctx.path, sink=sink, run_id=run_id),
-        files=["report.json", "predictions"],
-        run_name=run_name,
-    )
+evaluate_checkpoint = Stage("evaluate", build_evaluate, reads=dev_files, log_files=(REPORT, "predictions"))

@@ -1,89 +1,28 @@
-"""What every stage's thin ``@task`` shares: an MLflow child run around the pure function.
+"""The stage contract's Prefect side: ``stage_task(STAGE)`` is a stage's ``@task``.
 
-``run_tracked`` opens the stage's child run under the pipeline's parent run, logs the
-stage config as params and lineage tags (upstream fingerprints and the MLflow runs that
-produced them), hands the pure function a metric sink, logs the artifact's files and
-summary, publishes a Prefect summary, and terminates the run FINISHED / FAILED / KILLED.
+Every stage declares a ``tasks.store.stage.Stage`` (config type + pure build function);
+this factory turns it into its Prefect task. The task opens the stage's child MLflow
+run under the pipeline run (``registry.lifecycle.tracked_run``), logs the config as
+params and lineage tags (upstream fingerprints and the runs that produced them), runs the
+stage (which fingerprints, verifies or builds its artifact), logs the artifact's files
+and summary and publishes a Prefect summary. No stage writes this wrapper itself.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
-from prefect.artifacts import (
-    create_link_artifact,
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
-from prefect.client.schemas.objects import State
-from prefect.context import get_run_context
-from prefect.exceptions import MissingContextError
-from pydantic import BaseModel, ConfigDict
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
+from registry.lifecycle import OWNER_TAG, WORKDIR_TAG, tracked_run
 from registry.tracking import MlflowSink, Tracker
-from tasks.sink import MetricSink
+from tasks.procs import identity
+from tasks.run.context import StageContext
+from tasks.run.prefect_io import PrefectProgress, publish_stage_summary, retry_on_io
 from tasks.store.artifact import Artifact
-
-log = logging.getLogger(__name__)
-
-
-class StageContext(BaseModel):
-    """Where a pipeline run writes and tracks; the same for every stage of one run."""
-
-    model_config = ConfigDict(frozen=True)
-
-    workdir: str
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-
-    @property
-    def path(self) -> Path:
-        return Path(self.workdir)
-
-
-TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
-
-
-def retry_on_io(task: object, task_run: object, state: State) -> bool:
-    """Prefect retry condition: retry network/time-out failures only, never bad input."""
-    return isinstance(state.result(raise_on_failure=False), TRANSIENT_ERRORS)
-
-
-def artifact_key(name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
-
-
-def in_prefect_run() -> bool:
-    try:
-        get_run_context()
-    except MissingContextError:
-        return False
-    return True
-
-
-class PrefectProgress:
-    """Mirrors ``progress`` into a Prefect progress artifact (only inside a Prefect run)."""
-
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-        self.artifact_id = None
-        self.last_pct = -1.0
-
-    def update(self, done: int, total: int) -> None:
-        pct = round(100.0 * done / max(total, 1), 0)
-        if pct == self.last_pct or not in_prefect_run():
-            return
-        self.last_pct = pct
-        if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(pct, key=artifact_key(f"{self.stage}-progress"))
-        else:
-            update_progress_artifact(self.artifact_id, pct)
+from tasks.store.stage import Stage
 
 
 class StageSink:
@@ -110,58 +49,27 @@ def lineage_tags(inputs: Sequence[Artifact]) -> dict[str, str]:
     return tags
 
 
+def run_tags(ctx: StageContext) -> dict[str, str]:
+    """Tags every run of a pipeline carries: its workdir and its owning process (orphan detection)."""
+    return {WORKDIR_TAG: ctx.workdir, OWNER_TAG: identity()}
+
+
 def numeric_summary(summary: Mapping[str, object]) -> dict[str, float]:
     return {k: float(v) for k, v in summary.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
-def summary_markdown(stage: str, artifact: Artifact, run_id: str) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(artifact.summary.items()))
-    cached = f" (reused from run `{artifact.producer_run_id}`)" if artifact.cached else ""
-    return (
-        f"# {stage}\n\nArtifact `{artifact.path}`{cached}\n\n"
-        f"fingerprint `{artifact.fingerprint}` · MLflow run `{run_id}`\n\n"
-        f"| field | value |\n|---|---|\n{rows}\n"
-    )
-
-
-def publish_stage_summary(ctx: StageContext, name: str, artifact: Artifact, run_id: str) -> None:
-    """Prefect artifacts for a stage: a markdown summary and, with an MLflow server, a link."""
-    create_markdown_artifact(
-        summary_markdown(name, artifact, run_id),
-        key=artifact_key(f"{name}-summary"),
-        description=f"{name} stage summary",
-    )
-    if ctx.tracking_uri.startswith(("http://", "https://")):
-        url = f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{ctx.experiment_id}/runs/{run_id}"
-        create_link_artifact(url, link_text=f"MLflow run of {name}", key=artifact_key(f"{name}-mlflow"))
-
-
-def run_tracked(
-    ctx: StageContext,
-    stage: str,
-    config: BaseModel,
-    inputs: Sequence[Artifact],
-    compute: Callable[[MetricSink, str], Artifact],
-    files: Sequence[str] = (),
-    run_name: str | None = None,
+def run_stage(
+    stage: Stage, cfg: BaseModel, inputs: Sequence[Artifact], ctx: StageContext, run_name: str | None = None
 ) -> Artifact:
-    """Run ``compute(sink, run_id)`` inside a child MLflow run of the pipeline run.
-
-    ``files`` are names inside the artifact directory logged as MLflow artifacts (only
-    when the stage actually ran: a reused artifact points at its producer run instead).
-    """
+    """Run ``stage`` inside a child MLflow run of the pipeline run; returns its artifact."""
+    name = run_name or stage.name
     tracker = Tracker(ctx.tracking_uri)
-    run_id = tracker.start_run(
-        ctx.experiment_id,
-        run_name or stage,
-        parent_run_id=ctx.parent_run_id,
-        tags={"bertflow.stage": stage, **lineage_tags(inputs)},
-    )
-    sink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(run_name or stage))
-    status = "FAILED"
-    try:
-        tracker.log_params(run_id, config.model_dump(mode="json"))
-        artifact = compute(sink, run_id)
+    tags = {"bertflow.stage": stage.name, **run_tags(ctx), **lineage_tags(inputs)}
+    with tracked_run(tracker, ctx.experiment_id, name, parent_run_id=ctx.parent_run_id, tags=tags) as run_id:
+        tracker.log_params(run_id, cfg.model_dump(mode="json"))
+        sink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(name))
+        destination = ctx.tracking_uri if stage.needs_destination else None
+        artifact = stage(cfg, *inputs, workdir=ctx.path, sink=sink, run_id=run_id, destination=destination)
         tracker.set_tags(
             run_id,
             {
@@ -173,13 +81,19 @@ def run_tracked(
         )
         tracker.log_metrics(run_id, numeric_summary(artifact.summary), step=0)
         if not artifact.cached:
-            tracker.log_files(run_id, [artifact.file(name) for name in files])
-        if in_prefect_run():
-            publish_stage_summary(ctx, run_name or stage, artifact, run_id)
-        status = "FINISHED"
-        return artifact
-    except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end_run(run_id, status)
+            tracker.log_files(run_id, [artifact.file(f) for f in stage.log_files])
+        publish_stage_summary(ctx, name, artifact, run_id)
+    return artifact
+
+
+def stage_task(stage: Stage) -> Task:
+    """The Prefect task of ``stage``: ``task(cfg, inputs, ctx, run_name=None) -> Artifact``."""
+
+    def run(
+        cfg: BaseModel, inputs: tuple[Artifact, ...], ctx: StageContext, run_name: str | None = None
+    ) -> Artifact:
+        return run_stage(stage, cfg, inputs, ctx, run_name)
+
+    run.__name__ = run.__qualname__ = f"{stage.name.replace('-', '_')}_task"
+    retries = {"retries": 2, "retry_delay_seconds": 10, "retry_condition_fn": retry_on_io}
+    return task(name=stage.name, cache_policy=NO_CACHE, **(retries if stage.retry_on_io else {}))(run)

@@ -1,8 +1,8 @@
 """The pipeline's parent MLflow run: opened first, closed with the run's true outcome.
 
 Every stage's child run hangs under it; it is tagged with the Prefect flow-run id so a
-run can be followed from Prefect to MLflow and back. ``pipeline_run`` is a context
-manager so that an exception or a kill can never leave the parent run RUNNING.
+run can be followed from Prefect to MLflow and back. Before it opens, runs of the same
+workdir that a killed process left RUNNING are closed as KILLED.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from pathlib import Path
 from prefect import runtime
 from prefect.artifacts import create_table_artifact
 
+from registry.lifecycle import close_orphans, tracked_run
 from registry.tracking import Tracker, default_tracking_uri
+from tasks.procs import is_alive
 from tasks.run.config import PipelineConfig
-from tasks.run.contract import StageContext, in_prefect_run
+from tasks.run.context import StageContext
+from tasks.run.contract import run_tags
+from tasks.run.prefect_io import in_prefect_run
 from tasks.store.artifact import Artifact
 
 log = logging.getLogger(__name__)
@@ -38,39 +42,23 @@ def check_tracking(config: PipelineConfig, workdir: Path) -> str:
     return uri
 
 
-def open_pipeline_run(config: PipelineConfig, workdir: Path) -> StageContext:
-    """Create the experiment (artifacts under the workdir by default) and the parent run."""
+@contextmanager
+def pipeline_session(config: PipelineConfig, workdir: Path) -> Iterator[StageContext]:
+    """The parent run of one pipeline run, ended FINISHED / FAILED / KILLED as the body ends."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(config, workdir)
     tracker = Tracker(uri)
     tracker.check_reachable()
     artifact_root = workdir / "mlartifacts" if uri.startswith("sqlite:") else None
     experiment_id = tracker.experiment(config.tracking.experiment, artifact_root)
+    close_orphans(tracker, experiment_id, str(workdir), is_alive)
     flow_run_id = str(runtime.flow_run.id) if in_prefect_run() else ""
-    run_id = tracker.start_run(
-        experiment_id,
-        f"pipeline-{config.preset}",
-        tags={"bertflow.preset": config.preset, "prefect.flow_run_id": flow_run_id or "none"},
-    )
-    tracker.log_params(run_id, config.model_dump(mode="json"))
-    return StageContext(
-        workdir=str(workdir.resolve()), tracking_uri=uri, experiment_id=experiment_id, parent_run_id=run_id
-    )
-
-
-@contextmanager
-def pipeline_run(ctx: StageContext) -> Iterator[Tracker]:
-    """Terminate the parent run FINISHED, FAILED or KILLED according to how the body ends."""
-    tracker = Tracker(ctx.tracking_uri)
-    status = "FAILED"
-    try:
-        yield tracker
-        status = "FINISHED"
-    except (KeyboardInterrupt, SystemExit):
-        status = "KILLED"
-        raise
-    finally:
-        tracker.end_run(ctx.parent_run_id, status)
+    ctx = StageContext(workdir=str(workdir), tracking_uri=uri, experiment_id=experiment_id, parent_run_id="")
+    tags = {"bertflow.preset": config.preset, "prefect.flow_run_id": flow_run_id or "none", **run_tags(ctx)}
+    with tracked_run(tracker, experiment_id, f"pipeline-{config.preset}", tags=tags) as run_id:
+        tracker.log_params(run_id, config.model_dump(mode="json"))
+        yield ctx.model_copy(update={"parent_run_id": run_id})
 
 
 def score_table(reports: Mapping[str, Artifact]) -> list[dict[str, object]]:

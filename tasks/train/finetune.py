@@ -43,8 +43,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tokenizers import Tokenizer
 from torch import Tensor
@@ -52,22 +50,20 @@ from torch import Tensor
 from models.heads import HeadSpec, Pooling
 from models.io import load_multitask, read_encoder_config, save_checkpoint
 from models.multitask import MultiTaskModel
-from tasks.downstream.features import Features, collate, encode_examples, read_examples
+from tasks.data.tokenizer import TOKENIZER_FILES
+from tasks.downstream.features import Features, collate, encode_examples, read_examples, task_file
 from tasks.downstream.modelset import FINETUNE_INFO, write_members
+from tasks.downstream.scoring import ScoringConfig, evaluate_model_set, selection_score
 from tasks.downstream.tasks import TASKS, TaskSpec, check_task_names, get_task
 from tasks.engine.finetune_objectives import MultiTaskObjective
 from tasks.engine.loop import LoopConfig, StepHook, fit
 from tasks.engine.transfer import FrozenEncoder, GradualUnfreezing, layerwise_param_groups
-from tasks.judge.evaluation import EvalConfig, evaluate_model_set, selection_score
-from tasks.run.contract import StageContext, run_tracked
 from tasks.sink import MetricSink
-from tasks.store.artifact import Artifact, build_stage, fingerprint
+from tasks.store.artifact import Artifact
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "finetune"
-VERSION = "2"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 WEIGHT_DECAY = 0.01
 Mixing = Literal["proportional", "temperature", "equal"]
 
@@ -414,9 +410,7 @@ def pick_median_seed(
     cfg: FinetuneConfig, specs: Sequence[TaskSpec], sets: Mapping[int, Path]
 ) -> tuple[int, dict]:
     """(median seed, {seed: dev selection score}): each seed's set scored on the tasks' dev sets."""
-    eval_cfg = EvalConfig(
-        data_dir=cfg.data_dir, tasks=cfg.tasks, max_seq_len=cfg.max_seq_len, doc_stride=cfg.doc_stride
-    )
+    eval_cfg = ScoringConfig(data_dir=cfg.data_dir, max_seq_len=cfg.max_seq_len, doc_stride=cfg.doc_stride)
     scores = {
         seed: selection_score(evaluate_model_set(eval_cfg, d, specs).per_task) for seed, d in sets.items()
     }
@@ -459,50 +453,29 @@ def train_seeds(plan: TrainPlan, out: Path, sink: MetricSink) -> tuple[dict, dic
     return summary | {f"selection_score/seed{s}": v for s, v in scores.items()}, info
 
 
-def finetune(
-    cfg: FinetuneConfig, checkpoint: Artifact, *, workdir: Path, sink: MetricSink, run_id: str | None = None
-) -> Artifact:
-    """Fine-tune `checkpoint`'s encoder on `cfg.tasks`; returns the fine-tuned checkpoint artifact."""
+def build_finetune(cfg: FinetuneConfig, checkpoint: Artifact, *, out: Path, job: Job) -> dict:
+    """Fine-tune `checkpoint`'s encoder on `cfg.tasks` into `out` (killed runs resume from job.scratch)."""
     specs = tuple(get_task(name) for name in cfg.tasks)
-    resume_root = Path(workdir) / STAGE / f".resume-{fingerprint(STAGE, VERSION, cfg, [checkpoint])}"
-
-    def build(out: Path) -> dict:
-        tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
-        features = train_features(cfg, tokenizer, specs)
-        rates = mixing_rates(
-            {t: len(f) for t, f in features.items()}, cfg.mixing, cfg.mixing_cap_k, cfg.temperature
-        )
-        plan = TrainPlan(cfg, specs, features, rates, checkpoint.dir, resume_root)
-        summary, info = train_seeds(plan, out, sink)
-        (out / FINETUNE_INFO).write_text(json.dumps(info, indent=2))
-        for name in features:
-            summary[f"train_features/{name}"] = len(features[name])
-            summary[f"mixing_rate/{name}"] = rates[name]
-        return summary
-
-    artifact = build_stage(
-        workdir=Path(workdir),
-        stage=STAGE,
-        version=VERSION,
-        config=cfg,
-        inputs=[checkpoint],
-        build=build,
-        run_id=run_id,
-    )
-    shutil.rmtree(resume_root, ignore_errors=True)  # finished: the resumable state is no longer needed
-    return artifact
+    tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
+    features = train_features(cfg, tokenizer, specs)
+    sizes = {t: len(f) for t, f in features.items()}
+    rates = mixing_rates(sizes, cfg.mixing, cfg.mixing_cap_k, cfg.temperature)
+    plan = TrainPlan(cfg, specs, features, rates, checkpoint.dir, job.scratch)
+    summary, info = train_seeds(plan, out, job.sink)
+    (out / FINETUNE_INFO).write_text(json.dumps(info, indent=2))
+    for name in features:
+        summary[f"train_features/{name}"] = len(features[name])
+        summary[f"mixing_rate/{name}"] = rates[name]
+    return summary
 
 
-@task(name="finetune", cache_policy=NO_CACHE)
-def finetune_task(
-    cfg: FinetuneConfig, checkpoint: Artifact, ctx: StageContext, run_name: str = STAGE
-) -> Artifact:
-    return run_tracked(
-        ctx,
-        STAGE,
-        cfg,
-        [checkpoint],
-        lambda sink, run_id: finetune(cfg, checkpoint, workdir=ctx.path, sink=sink, run_id=run_id),
-        files=["config.json", "tasks.json"],
-        run_name=run_name,
-    )
+def task_files(cfg: FinetuneConfig, workdir: Path) -> list[Path]:
+    """The downstream files fine-tuning reads: train files, and dev files when seeds are ranked on them."""
+    specs = [get_task(name) for name in cfg.tasks]
+    files = [task_file(cfg.data_dir, s, s.train_file) for s in specs]
+    if len(cfg.seeds) > 1:
+        files += [task_file(cfg.data_dir, s, split.file) for s in specs for split in s.dev_splits]
+    return files
+
+
+finetune = Stage("finetune", build_finetune, reads=task_files, log_files=("config.json", "tasks.json"))

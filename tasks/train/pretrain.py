@@ -6,8 +6,9 @@ and ``electra`` (replaced-token detection; the discriminator is the saved encode
 
 The output dir is self-contained: ``model.safetensors`` + ``config.json`` (encoder config and
 this stage's settings) + the tokenizer files + ``metrics.json``. Training state lives in a
-persistent sibling dir ``<workdir>/pretrain/<fingerprint>.ckpt/`` (outside build_stage's atomic
-temp dir) so a killed run resumes where it stopped; it is deleted once the stage has finished.
+persistent scratch dir of the stage contract (``<workdir>/.scratch/pretrain-<fingerprint>/``,
+outside the atomic temp dir) so a killed run resumes where it stopped; it is deleted once the
+stage has finished.
 
 With ``devices > 1`` the stage relaunches this module under ``torchrun`` (one process per GPU,
 DDP inside fit(), rank 0 writing metrics and checkpoints); one device runs in-process through
@@ -26,29 +27,25 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer
 
 from models.config import SIZES, EncoderConfig
 from models.io import save_checkpoint
 from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining, generator_config
+from tasks.data.tokenizer import TOKENIZER_FILES
 from tasks.engine import distributed
 from tasks.engine.data import MLMBatchSource, PackedSequences, PairBatchSource
 from tasks.engine.launch import JsonlSink, run_torchrun, torchrun_command
 from tasks.engine.loop import FitResult, LoopConfig, fit
 from tasks.engine.masking import continuation_lookup
 from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective
-from tasks.run.contract import StageContext, run_tracked
 from tasks.sink import MetricSink, NullSink
-from tasks.store.artifact import Artifact, build_stage, fingerprint
+from tasks.store.artifact import Artifact
+from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
 
-STAGE = "pretrain"
-VERSION = "2"  # 2: objectives, architecture options, budgets (config.json may hold other model types)
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 MIN_MAX_POSITION = 512  # room for fine-tuning inputs longer than the pre-training rows (e.g. SQuAD)
 
 SizeName = Literal["tiny", "mini", "small", "medium", "base", "large"]
@@ -147,36 +144,14 @@ class PretrainConfig(BaseModel):
         return self
 
 
-def pretrain(
-    cfg: PretrainConfig,
-    packed: Artifact,
-    tokenizer: Artifact,
-    *,
-    workdir: Path,
-    sink: MetricSink,
-    run_id: str | None = None,
-) -> Artifact:
-    """Pre-train an encoder on ``packed`` and return the checkpoint-dir artifact (resumes if killed)."""
-    inputs = [packed, tokenizer]
-    resume_dir = Path(workdir) / STAGE / f"{fingerprint(STAGE, VERSION, cfg, inputs)}.ckpt"
+def build_pretrain(
+    cfg: PretrainConfig, packed: Artifact, tokenizer: Artifact, *, out: Path, job: Job
+) -> dict:
+    """Pre-train an encoder on ``packed`` into ``out``; a killed run resumes from ``job.scratch``."""
     check_devices(cfg)
-
-    def build(out: Path) -> dict:
-        if cfg.devices > 1:
-            return train_with_torchrun(cfg, packed, tokenizer, out=out, resume_dir=resume_dir, sink=sink)
-        return train_and_save(cfg, packed, tokenizer, out=out, resume_dir=resume_dir, sink=sink)
-
-    artifact = build_stage(
-        workdir=Path(workdir),
-        stage=STAGE,
-        version=VERSION,
-        config=cfg,
-        inputs=inputs,
-        build=build,
-        run_id=run_id,
-    )
-    shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resumable state is no longer needed
-    return artifact
+    if cfg.devices > 1:
+        return train_with_torchrun(cfg, packed, tokenizer, out=out, resume_dir=job.scratch, sink=job.sink)
+    return train_and_save(cfg, packed, tokenizer, out=out, resume_dir=job.scratch, sink=job.sink)
 
 
 def train_and_save(
@@ -429,16 +404,11 @@ def write_checkpoint(
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
 
 
-@task(name="pretrain", cache_policy=NO_CACHE)
-def pretrain_task(cfg: PretrainConfig, packed: Artifact, tokenizer: Artifact, ctx: StageContext) -> Artifact:
-    return run_tracked(
-        ctx,
-        STAGE,
-        cfg,
-        [packed, tokenizer],
-        lambda sink, run_id: pretrain(cfg, packed, tokenizer, workdir=ctx.path, sink=sink, run_id=run_id),
-        files=["config.json", "metrics.json", "model.safetensors", "tokenizer.json"],
-    )
+pretrain = Stage(
+    "pretrain",
+    build_pretrain,
+    log_files=("config.json", "metrics.json", "model.safetensors", "tokenizer.json"),
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,6 @@ the same weights are evaluated with the same EvalConfig again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -20,8 +19,11 @@ from registry.download import download_model, is_mlflow_uri
 from registry.tracking import default_tracking_uri
 from tasks.downstream.modelset import FINETUNE_INFO, MEMBERS
 from tasks.judge.evaluation import REPORT, EvalConfig, evaluate_checkpoint
-from tasks.sink import MetricSink, NullSink
-from tasks.store.artifact import MANIFEST, Artifact
+from tasks.sink import MetricSink
+from tasks.store.artifact import Artifact
+from tasks.store.digest import json_digest
+from tasks.store.manifest import file_table
+from tasks.store.ownership import OWNER_MARK, remove_owned
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,8 @@ class ModelDirError(ValueError):
 
 
 def content_fingerprint(directory: Path) -> str:
-    """sha256 over every file's relative path and bytes (the stage manifest excluded), 16 hex digits."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
-        digest.update(path.relative_to(directory).as_posix().encode() + b"\0")
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    """Digest of every file's relative path, size and sha256 (bookkeeping files excluded)."""
+    return json_digest(file_table(directory))
 
 
 def check_model_dir(directory: Path, uri: str) -> Path:
@@ -59,7 +55,11 @@ def fetch(uri: str, workdir: Path, tracking_uri: str) -> Path:
     try:
         local = check_model_dir(download_model(uri, tracking_uri, tmp), uri)
         target = workdir / MODELS_DIR / content_fingerprint(local)
+        if target.exists() and content_fingerprint(target) != target.name:
+            log.warning("%s: damaged copy of %s, replacing it", target, uri)
+            remove_owned(target)
         if not target.exists():
+            (local / OWNER_MARK).write_text("{}")
             local.rename(target)
         return target
     finally:
@@ -88,6 +88,6 @@ def evaluate_model_uri(
         directory = check_model_dir(Path(uri).expanduser().resolve(), uri)
     model = Artifact(stage="model", fingerprint=content_fingerprint(directory), path=str(directory))
     log.info("evaluating %s (%s, content %s)", uri, directory, model.fingerprint)
-    result = evaluate_checkpoint(cfg, model, workdir=workdir, sink=sink or NullSink())
+    result = evaluate_checkpoint(cfg, model, workdir=workdir, sink=sink)
     report = json.loads(result.file(REPORT).read_text())
     return report | {"model_uri": uri, "model_dir": str(directory), "report_dir": result.path}

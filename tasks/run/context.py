@@ -1,0 +1,22 @@
+"""What every stage of one pipeline run shares: where it writes and where it is tracked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StageContext(BaseModel):
+    """Where a pipeline run writes and tracks; the same for every stage of one run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    workdir: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.workdir)
