@@ -4,13 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= demo-run
 
-export DO_NOT_TRACK := true
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export MLFLOW_DISABLE_TELEMETRY := true
-export HF_HUB_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
-export HF_EVALUATE_OFFLINE := 1
-export TOKENIZERS_PARALLELISM := false
+# Offline / quiet settings: the CLI and the test suite apply them (tasks/run/offline.py).
 
 .PHONY: demo test lint install install-test chromium clean
 

@@ -58,11 +58,15 @@ from tasks.data.pack import PackConfig, pack
 from tasks.data.tokenizer import TokenizerConfig, train_tokenizer
 from tasks.downstream.tasks import TASKS
 from tasks.engine.launch import JsonlSink
+from tasks.engine.settings import TrainSettings
 from tasks.judge.evaluation import REPORT, EvalConfig, evaluate_checkpoint
 from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
-from tasks.train.finetune import FinetuneConfig, finetune
-from tasks.train.pretrain import PretrainConfig, pretrain
+from tasks.train.finetune import finetune
+from tasks.train.finetune_config import FinetuneConfig
+from tasks.train.pretrain import pretrain
+from tasks.train.pretrain_config import PretrainConfig
+from tasks.train.shape import EncoderShape
 
 log = logging.getLogger("glue_bench")
 RUNS: dict[str, dict[str, Any]] = {  # name -> FinetuneConfig options; same fine-tuning budget for all
@@ -201,17 +205,18 @@ def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[s
     tokenizer = timed("tokenizer", train_tokenizer, TokenizerConfig(vocab_size=budget.vocab_size), unique)
     packed = timed("pack", pack, PackConfig(seq_len=budget.seq_len), unique, tokenizer)
     cfg = PretrainConfig(
-        size=budget.size,
-        max_steps=budget.pretrain_steps,
-        max_minutes=budget.pretrain_minutes,
+        shape=EncoderShape(size=budget.size, norm=budget.norm, dropout=budget.dropout),
+        train=TrainSettings(
+            max_steps=budget.pretrain_steps,
+            max_minutes=budget.pretrain_minutes,  # the LR follows the clock down to 0 at the deadline
+            lr=budget.pretrain_lr,
+            warmup_ratio=0.06,
+            eval_every=max(1, min(500, budget.pretrain_steps // 10)),
+            checkpoint_every=200,
+            precision=budget.precision,
+        ),
         batch_size=budget.pretrain_batch,
-        lr=budget.pretrain_lr,
-        norm=budget.norm,
-        dropout=budget.dropout,
         mask_rate=budget.mask_rate,
-        eval_every=max(1, min(500, budget.pretrain_steps // 10)),
-        calibration_steps=min(50, budget.pretrain_steps),  # the first steps are slow: time more of them
-        precision=budget.precision,
     )
     curve = workdir / CURVE
     curve.unlink(missing_ok=True)
@@ -245,13 +250,11 @@ def finetune_and_evaluate(
         data_dir=str(downstream),
         tasks=tasks,
         batch_size=budget.finetune_batch,
-        lr=budget.lr,
-        max_steps=budget.finetune_steps,
+        train=TrainSettings(lr=budget.lr, max_steps=budget.finetune_steps, precision=budget.precision),
         mixing_cap_k=budget.mixing_cap_k,
         max_seq_len=budget.seq_len,
         max_train_examples_per_task=budget.max_train_examples,
         pooling=budget.pooling,
-        precision=budget.precision,
         **options,
     )
     tuned = finetune(cfg, checkpoint, workdir=workdir, sink=NullSink())

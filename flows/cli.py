@@ -14,23 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-QUIET_OFFLINE_ENV = {
-    "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_EVALUATE_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "tasks,models,registry",
-    "GIT_PYTHON_REFRESH": "quiet",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # a loaded laptop needs more than 20 s
-}
+from tasks.run import offline  # imports nothing heavy: the settings must precede Prefect and MLflow
 
 
 def set_default_env(workdir: Path | None) -> None:
-    for key, value in QUIET_OFFLINE_ENV.items():
-        os.environ.setdefault(key, value)
+    offline.apply()
     if workdir is not None and "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" not in os.environ:
         home = workdir.resolve() / "prefect"
         home.mkdir(parents=True, exist_ok=True)  # Prefect's SQLite cannot create the directory
@@ -49,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SECTION.FIELD=VALUE",
-        help="override a preset value, e.g. --set pretrain.max_steps=200 (repeatable)",
+        help="override a preset value, e.g. --set pretrain.train.max_steps=200 (repeatable)",
     )
     sub.add_parser("presets", help="list the presets")
     add_server_parser(sub)

@@ -28,8 +28,8 @@ from tasks.run.stages import (
     tokenizer_task,
 )
 from tasks.store.artifact import Artifact
-from tasks.train.finetune import FinetuneConfig
-from tasks.train.pretrain import PretrainConfig
+from tasks.train.finetune_config import FinetuneConfig
+from tasks.train.pretrain_config import PretrainConfig
 
 
 class DataArtifacts(BaseModel):

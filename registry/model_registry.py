@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CHALLENGER = "challenger"
 CHAMPION = "champion"
 SUITE_TAG = "bertflow.suite"
+ATTEMPT_TAG = "bertflow.register_fingerprint"  # which register build created a version
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 
 
@@ -174,6 +175,26 @@ def gate(
     return Decision(wins, reason, current, theirs, rescored)
 
 
+def attempt_version(tracker: Tracker, name: str, attempt: str) -> str | None:
+    """The version an earlier, interrupted attempt of the same register build created (None if none)."""
+    found = tracker.client.search_model_versions(f"name = '{name}' and tags.`{ATTEMPT_TAG}` = '{attempt}'")
+    return str(max(int(mv.version) for mv in found)) if found else None
+
+
+def recorded_decision(tracker: Tracker, name: str, version: str) -> Decision | None:
+    """The gate's decision already tagged on ``version`` (an attempt killed after gating), or None."""
+    tags = version_tags(tracker, name, version)
+    if "bertflow.gate.promoted" not in tags:
+        return None
+    champion_score = tags.get("bertflow.gate.champion_score")
+    return Decision(
+        tags["bertflow.gate.promoted"] == "True",
+        tags["bertflow.gate.reason"],
+        tags.get("bertflow.gate.champion_version"),
+        float(champion_score) if champion_score is not None else None,
+    )
+
+
 def decision_tags(decision: Decision, baseline_score: float | None) -> dict[str, str]:
     tags = {"bertflow.gate.promoted": str(decision.promoted), "bertflow.gate.reason": decision.reason}
     if decision.champion_version is not None:
@@ -196,18 +217,31 @@ def register_and_gate(
     tags: Mapping[str, str],
     baseline_score: float | None = None,
     rescore: Rescore,
+    attempt: str = "",
 ) -> Registration:
-    """Register a version as ``challenger``; make it ``champion`` if the gate says so."""
-    own = {**tags, SUITE_TAG: score.suite, score.tag: f"{score.value:.6f}"}
-    version = register_version(
-        tracker, name=name, source_run_id=source_run_id, artifact_path=artifact_path, tags=own
-    )
+    """Register a version as ``challenger``; make it ``champion`` if the gate says so.
+
+    ``attempt`` identifies the register build (its fingerprint): a build killed after
+    creating its version is finished by the next attempt instead of registering a duplicate.
+    """
+    version = attempt_version(tracker, name, attempt) if attempt else None
+    if version is None:
+        own = {**tags, SUITE_TAG: score.suite, score.tag: f"{score.value:.6f}", ATTEMPT_TAG: attempt}
+        version = register_version(
+            tracker, name=name, source_run_id=source_run_id, artifact_path=artifact_path, tags=own
+        )
+    else:
+        log.warning("%s v%s was registered by an interrupted attempt of this build: finishing it",
+                    name, version)  # fmt: skip
     tracker.client.set_registered_model_alias(name, CHALLENGER, version)
-    decision = gate(
-        tracker, name, score, baseline_score=baseline_score, min_improvement=min_improvement, rescore=rescore
-    )
-    for key, value in decision_tags(decision, baseline_score).items():
-        tracker.client.set_model_version_tag(name, version, key, value)
+    decision = recorded_decision(tracker, name, version)
+    if decision is None and alias_version(tracker, name, CHAMPION) == version:  # killed right after promoting
+        decision = Decision(True, version_tags(tracker, name, version).get("promotion_reason", "promoted"))
+    if decision is None:
+        decision = gate(tracker, name, score, baseline_score=baseline_score,
+                        min_improvement=min_improvement, rescore=rescore)  # fmt: skip
+        for key, value in decision_tags(decision, baseline_score).items():
+            tracker.client.set_model_version_tag(name, version, key, value)
     if decision.promoted:
         promote(tracker, name, version, decision.reason)
     log.info("registered %s v%s: %s", name, version, decision.reason)

@@ -37,6 +37,19 @@ class MemorySink:
         return [(s, m[name]) for s, m in self.history if name in m]
 
 
+class PrefixedSink:
+    """Forwards to `sink` with every metric name prefixed: runs of one stage stay apart in MLflow."""
+
+    def __init__(self, sink: MetricSink, prefix: str) -> None:
+        self.sink, self.prefix = sink, prefix
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.sink.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step)
+
+    def progress(self, done: int, total: int) -> None:
+        self.sink.progress(done, total)
+
+
 class NullSink:
     """Drops everything."""
 

@@ -24,19 +24,19 @@ def test_workdir_substitution(tmp_path: Path) -> None:
 
 
 def test_overrides_are_typed(tmp_path: Path) -> None:
-    cfg = load_config("tiny", tmp_path, ["pretrain.max_steps=7", "registry.model_name=my-model"])
-    assert cfg.pretrain.max_steps == 7 and cfg.registry.model_name == "my-model"
+    cfg = load_config("tiny", tmp_path, ["pretrain.train.max_steps=7", "registry.model_name=my-model"])
+    assert cfg.pretrain.train.max_steps == 7 and cfg.registry.model_name == "my-model"
 
 
 def test_configs_are_frozen(tmp_path: Path) -> None:
     cfg = load_config("tiny", tmp_path)
     with pytest.raises(ValidationError):
-        cfg.pretrain.max_steps = 3  # type: ignore[misc]
+        cfg.pretrain.train.max_steps = 3  # type: ignore[misc]
 
 
 def test_bad_values_name_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match=r"pretrain\.max_steps"):
-        load_config("tiny", tmp_path, ["pretrain.max_steps=-1"])
+    with pytest.raises(ValidationError, match=r"pretrain\.train\.max_steps"):
+        load_config("tiny", tmp_path, ["pretrain.train.max_steps=-1"])
     with pytest.raises(ValidationError, match="no_such_field"):
         load_config("tiny", tmp_path, ["dedup.no_such_field=1"])
 

@@ -37,10 +37,10 @@ def test_parameters_become_the_preset_with_overrides(tmp_path: Path) -> None:
         tracking_uri="http://127.0.0.1:5999", overrides=["pack.seq_len=64"],
     )  # fmt: skip
     cfg = params.to_config()
-    assert (cfg.pretrain.max_steps, cfg.finetune.lr, cfg.registry.model_name) == (7, 3e-4, "m")
+    assert (cfg.pretrain.train.max_steps, cfg.finetune.train.lr, cfg.registry.model_name) == (7, 3e-4, "m")
     assert cfg.tracking.tracking_uri == "http://127.0.0.1:5999" and cfg.pack.seq_len == 64
     assert cfg.demo is not None and cfg.demo.out_dir == f"{tmp_path.resolve()}/demo-data"  # preset kept
-    assert cfg.pretrain.size == "tiny"  # untouched fields keep the preset's value
+    assert cfg.pretrain.shape.size == "tiny"  # untouched fields keep the preset's value
 
 
 def test_bad_values_are_rejected_before_work(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_bad_values_are_rejected_before_work(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="preset"):
         PipelineParameters(workdir=str(tmp_path), preset="huge")
     with pytest.raises(ValidationError, match="max_steps"):  # a bad advanced override, named by the stage
-        PipelineParameters(workdir=str(tmp_path), overrides=["finetune.max_steps=-3"]).to_config()
+        PipelineParameters(workdir=str(tmp_path), overrides=["finetune.train.max_steps=-3"]).to_config()
     with pytest.raises(PresetError, match=r"section\.field=value"):
         PipelineParameters(workdir=str(tmp_path), overrides=["nonsense"]).to_config()
     assert not any(tmp_path.iterdir())  # nothing was written

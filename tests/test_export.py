@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from models.config import EncoderConfig
@@ -16,8 +17,6 @@ from models.multitask import MultiTaskModel
 from models.pretraining import BertForMaskedLM
 from tasks.commands.export import ExportError, export_checkpoint
 from tasks.store.ownership import ForeignDirectoryError
-
-transformers = pytest.importorskip("transformers")
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TEXTS = ["the cat sat on the mat", "a dog ran in the park", "birds sing at dawn and dusk"] * 20

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from configs import finetune_cfg
 from tokenizers import Tokenizer
 from word_tokenizer import word_tokenizer
 
@@ -19,13 +20,9 @@ from tasks.engine.finetune_objectives import MultiTaskObjective, span_loss
 from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
 from tasks.sink import MemorySink
 from tasks.store.artifact import Artifact
-from tasks.train.finetune import (
-    FinetuneConfig,
-    MultiTaskBatchSource,
-    finetune,
-    mixing_rates,
-    single_task_steps,
-)
+from tasks.train.finetune import finetune
+from tasks.train.finetune_config import FinetuneConfig
+from tasks.train.mixing import MultiTaskBatchSource, mixing_rates, single_task_steps
 
 WORDS = ("good", "bad", "movie", "plot", "film", "actor", "fine", "dull", "red", "blue", "green")
 WORDS += ("cat", "dog", "sat", "on", "the", "mat")
@@ -147,16 +144,16 @@ def test_span_loss_and_objective_dispatch() -> None:
 
 def test_config_rejects_unknown_or_repeated_tasks() -> None:
     with pytest.raises(ValueError, match="unknown task"):
-        FinetuneConfig(data_dir="x", tasks=("SST2",))
+        finetune_cfg(data_dir="x", tasks=("SST2",))
     with pytest.raises(ValueError, match="listed twice"):
-        FinetuneConfig(data_dir="x", tasks=("RTE", "RTE"))
+        finetune_cfg(data_dir="x", tasks=("RTE", "RTE"))
 
 
 @pytest.mark.slow
 def test_finetune_tiny_tasks_loss_falls(tmp_path: Path) -> None:
     write_synthetic_tasks(tmp_path / "data")
     checkpoint = tiny_checkpoint(tmp_path / "pretrained")
-    cfg = FinetuneConfig(
+    cfg = finetune_cfg(
         data_dir=str(tmp_path / "data"),
         tasks=("SST-2", "STS-B", "SQuAD"),
         batch_size=8,
@@ -184,12 +181,12 @@ def test_finetune_tiny_tasks_loss_falls(tmp_path: Path) -> None:
 
 def test_config_rejects_incompatible_transfer_options() -> None:
     with pytest.raises(ValueError, match="exclude each other"):
-        FinetuneConfig(data_dir="x", freeze_encoder=True, unfreeze_every=10)
+        finetune_cfg(data_dir="x", freeze_encoder=True, unfreeze_every=10)
     with pytest.raises(ValueError, match="needs mode='multitask'"):
-        FinetuneConfig(data_dir="x", mode="single", then_single_steps=5)
+        finetune_cfg(data_dir="x", mode="single", then_single_steps=5)
     with pytest.raises(ValueError, match="distinct"):
-        FinetuneConfig(data_dir="x", seeds=(1, 1))
-    assert FinetuneConfig(data_dir="x").seeds == (0,)
+        finetune_cfg(data_dir="x", seeds=(1, 1))
+    assert finetune_cfg(data_dir="x").seeds == (0,)
 
 
 def small_cfg(data: Path, **overrides: object) -> FinetuneConfig:
@@ -204,7 +201,7 @@ def small_cfg(data: Path, **overrides: object) -> FinetuneConfig:
         max_train_examples_per_task=16,
         mixing_cap_k=8,
     )
-    return FinetuneConfig(**(base | overrides))
+    return finetune_cfg(**(base | overrides))
 
 
 @pytest.fixture(scope="module")
@@ -231,9 +228,9 @@ def test_single_mode_one_model_per_task_with_its_mixture_share(tiny_setup: tuple
     for task in cfg.tasks:
         assert set(load_multitask(out.dir / members[task]).heads) == {task}
         rate = out.summary[f"mixing_rate/{task}"]
-        assert out.summary[f"single_steps/{task}"] == single_task_steps(cfg.max_steps, rate)
+        assert out.summary[f"single_steps/{task}"] == single_task_steps(cfg.train.max_steps, rate)
         assert sink.series(f"{task}/loss")  # each task's run logs under its own prefix
-    assert sum(out.summary[f"single_steps/{t}"] for t in cfg.tasks) == cfg.max_steps  # 0.5 / 0.5 here
+    assert sum(out.summary[f"single_steps/{t}"] for t in cfg.tasks) == cfg.train.max_steps  # 0.5 / 0.5 here
     report = _eval_report(root, out, cfg.tasks)
     assert set(report["per_task"]) == set(cfg.tasks)
 

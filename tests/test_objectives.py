@@ -11,8 +11,9 @@ import torch
 from models.config import EncoderConfig
 from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining, generator_config
 from tasks.engine.data import MLMBatchSource, PackedSequences, PairBatchSource
-from tasks.engine.loop import LoopConfig, fit
+from tasks.engine.loop import fit
 from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective
+from tasks.engine.settings import TrainSettings
 from tasks.sink import MemorySink
 
 VOCAB = 64
@@ -55,7 +56,8 @@ def config(**kw) -> EncoderConfig:
 def train(model: torch.nn.Module, objective, source, steps: int = 40) -> MemorySink:
     torch.manual_seed(0)
     sink = MemorySink()
-    fit(model, objective, source, LoopConfig(max_steps=steps, lr=1e-2, warmup_ratio=0.1, log_every=10), sink)
+    cfg = TrainSettings(max_steps=steps, lr=1e-2, warmup_ratio=0.1, log_every=10)
+    fit(model, objective, source, cfg, sink)
     return sink
 
 

@@ -25,11 +25,11 @@ FAST = [
     "demo.n_train=80",
     "demo.n_dev=40",
     "tokenizer.vocab_size=512",
-    "pretrain.max_steps=20",
-    "pretrain.eval_every=10",
+    "pretrain.train.max_steps=20",
+    "pretrain.train.eval_every=10",
     "pretrain.eval_batches=2",
-    "pretrain.checkpoint_every=10",
-    "finetune.max_steps=12",
+    "pretrain.train.checkpoint_every=10",
+    "finetune.train.max_steps=12",
     "finetune.batch_size=8",
     "evaluate.max_examples_per_task=20",
     "registry.model_name=pipeline-test",
@@ -130,7 +130,7 @@ def test_new_tracking_uri_registers_there(first: tuple[Path, PipelineResult], tm
 
 def test_finetune_change_reruns_only_downstream(first: tuple[Path, PipelineResult]) -> None:
     workdir, _ = first
-    _, changed = run(workdir, "finetune.lr=0.0003")
+    _, changed = run(workdir, "finetune.train.lr=0.0003")
     children = child_runs(MlflowClient(changed.tracking_uri), changed)
     recomputed = {name for name, r in children.items() if r.data.tags["bertflow.cached"] == "False"}
     assert recomputed == TUNE_STAGES | {"register"}
@@ -154,7 +154,7 @@ def test_bad_glue_file_fails_and_registers_nothing(
     client = MlflowClient(f"sqlite:///{workdir.resolve() / 'mlflow.db'}")
     versions_before = len(client.search_model_versions("name = 'pipeline-test'"))
     with pytest.raises(ValueError, match=r"MRPC.*train\.tsv.*line 4"):
-        run(workdir, f"finetune.data_dir={broken}", f"evaluate.data_dir={broken}", "finetune.lr=0.0004")
+        run(workdir, f"finetune.data_dir={broken}", f"evaluate.data_dir={broken}", "finetune.train.lr=0.0004")
     assert len(client.search_model_versions("name = 'pipeline-test'")) == versions_before
     failed = client.search_runs(
         [client.get_experiment_by_name("bertflow").experiment_id],

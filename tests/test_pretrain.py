@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from configs import pretrain_cfg, updated
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
@@ -16,7 +17,8 @@ from models.io import load_pretraining, read_config
 from models.pretraining import BertForMaskedLM
 from tasks.sink import MemorySink
 from tasks.store.artifact import Artifact
-from tasks.train.pretrain import PretrainConfig, pretrain
+from tasks.train.pretrain import pretrain
+from tasks.train.pretrain_config import PretrainConfig
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 SEQ_LEN = 32
@@ -95,7 +97,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, Artifact
     )
 
 
-CFG = PretrainConfig(
+CFG = pretrain_cfg(
     hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, batch_size=16, lr=5e-3,
     max_steps=60, eval_every=20, eval_batches=2, checkpoint_every=20, log_every=10, device="cpu",
 )  # fmt: skip
@@ -131,7 +133,7 @@ def test_output_is_a_self_contained_checkpoint_dir(finished) -> None:
         model.cfg.hidden_size == 32
         and model.cfg.vocab_size == Tokenizer.from_file(str(artifact.file("tokenizer.json"))).get_vocab_size()
     )
-    assert read_config(artifact.dir)["pretrain"]["max_steps"] == 60
+    assert read_config(artifact.dir)["pretrain"]["train"]["max_steps"] == 60
     assert json.loads(artifact.file("metrics.json").read_text()) == artifact.summary
     assert not list(Path(workdir, ".scratch").glob("pretrain-*"))  # resumable state removed when done
 
@@ -184,7 +186,7 @@ def test_config_is_strict() -> None:
     with pytest.raises(ValueError, match="extra"):
         PretrainConfig(hidden=3)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="size"):
-        PretrainConfig(size="giant")  # type: ignore[arg-type]
+        pretrain_cfg(size="giant")  # type: ignore[arg-type]
 
 
 # ---- objectives, options, budgets and a real SIGKILL ------------------------------------------
@@ -197,7 +199,7 @@ import time  # noqa: E402
 
 from models.pretraining import BertForPreTraining, ElectraForPreTraining  # noqa: E402
 
-QUICK = CFG.model_copy(update={"max_steps": 6, "eval_every": 0, "checkpoint_every": 0, "log_every": 3})
+QUICK = updated(CFG, **{"max_steps": 6, "eval_every": 0, "checkpoint_every": 0, "log_every": 3})
 
 
 @pytest.mark.parametrize(
@@ -220,8 +222,8 @@ QUICK = CFG.model_copy(update={"max_steps": 6, "eval_every": 0, "checkpoint_ever
     ],
 )
 def test_every_objective_runs_through_the_stage(update, model_type, val_key, inputs, tmp_path: Path) -> None:
-    cfg = QUICK.model_copy(update=update)
-    artifact = pretrain(PretrainConfig(**cfg.model_dump()), *inputs, workdir=tmp_path, sink=MemorySink())
+    cfg = updated(QUICK, **update)
+    artifact = pretrain(cfg, *inputs, workdir=tmp_path, sink=MemorySink())
     model = load_pretraining(artifact.dir)
     assert type(model) is model_type and artifact.summary["steps"] == 6
     assert 0.0 <= artifact.summary[val_key] <= (1.0 if "accuracy" in val_key else 100.0)
@@ -229,7 +231,7 @@ def test_every_objective_runs_through_the_stage(update, model_type, val_key, inp
 
 
 def test_token_budget_ends_the_stage_early(inputs, tmp_path: Path) -> None:
-    cfg = QUICK.model_copy(update={"max_steps": 1000, "max_tokens": 2000, "calibration_steps": 2})
+    cfg = updated(QUICK, **{"max_steps": 1000, "max_tokens": 2000, "calibration_steps": 2})
     artifact = pretrain(cfg, *inputs, workdir=tmp_path, sink=MemorySink())
     assert artifact.summary["stop_reason"] == "tokens" and artifact.summary["stopped_early"]
     assert 2000 <= artifact.summary["tokens"] < 2600
@@ -237,7 +239,7 @@ def test_token_budget_ends_the_stage_early(inputs, tmp_path: Path) -> None:
 
 def test_config_rejects_incompatible_options() -> None:
     with pytest.raises(ValueError, match="doc_attention"):
-        PretrainConfig(objective="mlm+sop", doc_attention=True)
+        pretrain_cfg(objective="mlm+sop", doc_attention=True)
     with pytest.raises(ValueError, match="mask_rate"):
         PretrainConfig(mask_rate=0.6)
     with pytest.raises(ValueError, match="devices > 1"):
@@ -248,7 +250,7 @@ def test_more_devices_than_gpus_is_a_clear_error(inputs, tmp_path: Path) -> None
     if torch.cuda.is_available() and torch.cuda.device_count() >= 8:
         pytest.skip("this machine has the GPUs")
     with pytest.raises(RuntimeError, match="devices=8"):
-        pretrain(QUICK.model_copy(update={"devices": 8}), *inputs, workdir=tmp_path, sink=MemorySink())
+        pretrain(updated(QUICK, devices=8, device="auto"), *inputs, workdir=tmp_path, sink=MemorySink())
 
 
 def test_torchrun_command_and_metric_relay(tmp_path: Path) -> None:
@@ -271,7 +273,8 @@ import torch
 from pathlib import Path
 from tasks.store.artifact import Artifact
 from tasks.sink import MemorySink
-from tasks.train.pretrain import PretrainConfig, pretrain
+from tasks.train.pretrain import pretrain
+from tasks.train.pretrain_config import PretrainConfig
 torch.set_num_threads(1)
 class Slow(MemorySink):
     def log_metrics(self, metrics, step):
@@ -286,7 +289,7 @@ pretrain(cfg, packed, tok, workdir=Path(sys.argv[4]), sink=Slow())
 @pytest.mark.slow
 def test_sigkill_mid_run_then_relaunch_ends_with_identical_weights(inputs, tmp_path: Path) -> None:
     """A real `kill -9` of a pre-training process after its first checkpoint (~20 s)."""
-    cfg = CFG.model_copy(update={"max_steps": 30, "checkpoint_every": 5, "log_every": 1, "eval_every": 10})
+    cfg = updated(CFG, **{"max_steps": 30, "checkpoint_every": 5, "log_every": 1, "eval_every": 10})
     packed, tok = inputs
 
     def launch(workdir: Path, delay: float) -> subprocess.Popen:

@@ -149,3 +149,11 @@ def test_registry_errors_are_not_read_as_no_champion(
         alias_version(tracker, "flaky", CHAMPION)
     with pytest.raises(MlflowException, match="backend unavailable"):
         register("flaky", 99.0, "s")
+
+
+def test_an_interrupted_registration_is_finished_not_duplicated(tracker: Tracker, register: Register) -> None:
+    """A register build killed after creating its version: the next attempt adopts it."""
+    first = register("attempts", 70.0, "s", attempt="fp-1")
+    again = register("attempts", 70.0, "s", attempt="fp-1")
+    assert again.version == first.version == "1" and again.decision == first.decision
+    assert register("attempts", 71.0, "s", attempt="fp-2").version == "2"

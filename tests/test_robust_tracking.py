@@ -26,8 +26,9 @@ pytestmark = pytest.mark.e2e
 
 SHRINK = [
     "demo.n_corpus_docs=600", "demo.n_train=80", "demo.n_dev=40", "tokenizer.vocab_size=512",
-    "pretrain.max_steps=100000", "pretrain.max_minutes=30.0", "pretrain.log_every=1", "pretrain.eval_every=0",
-    "pretrain.checkpoint_every=0", "baseline_random_init=false", "registry.model_name=sigterm-test",
+    "pretrain.train.max_steps=100000", "pretrain.train.max_minutes=30.0", "pretrain.train.log_every=1",
+    "pretrain.train.eval_every=0",
+    "pretrain.train.checkpoint_every=0", "baseline_random_init=false", "registry.model_name=sigterm-test",
 ]  # fmt: skip
 
 

@@ -237,3 +237,13 @@ def test_two_processes_build_once_and_share(tmp_path: Path) -> None:
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert sorted(o[0] for o in outs) == ["False", "True"]  # one built, one reused
     assert outs[0][1] == outs[1][1]  # both see the same artifact
+
+
+def test_a_killed_builds_leftover_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    fp = json_digest(STAGE.key(Cfg(), (), tmp_path.resolve()))
+    leftover = tmp_path / "s" / f".tmp-{fp}-deadbeef"  # what a SIGKILL mid-build leaves
+    leftover.mkdir(parents=True)
+    (leftover / OWNER_MARK).write_text("{}")
+    (leftover / "half.txt").write_text("partial")
+    STAGE(Cfg(), workdir=tmp_path)
+    assert not leftover.exists()

@@ -9,8 +9,9 @@ from models.config import EncoderConfig
 from models.heads import HeadSpec
 from models.multitask import MultiTaskModel
 from tasks.engine.finetune_objectives import MultiTaskObjective
-from tasks.engine.loop import LoopConfig, fit
+from tasks.engine.loop import fit
 from tasks.engine.optim import build_optimizer
+from tasks.engine.settings import TrainSettings
 from tasks.engine.transfer import (
     FrozenEncoder,
     GradualUnfreezing,
@@ -87,7 +88,7 @@ def test_gradual_unfreezing_releases_top_layer_first() -> None:
 def test_frozen_encoder_trains_heads_only() -> None:
     model = tiny_model(2)
     before = snapshot(model)
-    cfg = LoopConfig(max_steps=4, lr=1e-2, warmup_ratio=0.0, log_every=2)
+    cfg = TrainSettings(max_steps=4, lr=1e-2, warmup_ratio=0.0, log_every=2)
     fit(
         model,
         MultiTaskObjective({"A": "classification"}),
@@ -103,7 +104,7 @@ def test_frozen_encoder_trains_heads_only() -> None:
 def test_gradual_unfreezing_in_fit_leaves_lower_layers_untouched() -> None:
     model = tiny_model(3)
     before = snapshot(model)
-    cfg = LoopConfig(max_steps=4, lr=1e-2, warmup_ratio=0.0, log_every=2)
+    cfg = TrainSettings(max_steps=4, lr=1e-2, warmup_ratio=0.0, log_every=2)
     groups = layerwise_param_groups(model, decay=0.9, weight_decay=0.01)
     objective = MultiTaskObjective({"A": "classification"})
     fit(model, objective, Batches(), cfg, NullSink(), param_groups=groups, step_hook=GradualUnfreezing(2))

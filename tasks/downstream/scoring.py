@@ -30,6 +30,7 @@ from tasks.downstream.modelset import member_dir
 from tasks.downstream.spans import best_spans
 from tasks.downstream.squad import SquadExample
 from tasks.downstream.tasks import DevSplit, TaskSpec, get_task
+from tasks.engine.device import pick_device
 from tasks.sink import MetricSink
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,7 @@ def load_model(directory: Path, specs: Sequence[TaskSpec], max_seq_len: int) -> 
                 f"{directory}: no {spec.kind} head with {spec.num_labels} outputs "
                 f"for task {spec.name!r} (heads: {heads})"
             )
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    return model.to(pick_device()).eval()
 
 
 @dataclass

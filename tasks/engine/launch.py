@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.engine.loop import TrainingInterrupted, termination_signals
+from tasks.engine.signals import TrainingInterrupted, termination_signals
 from tasks.sink import MetricSink
 
 log = logging.getLogger(__name__)

@@ -6,17 +6,16 @@ metrics, a *source* turns a step number into a batch, a *sink* receives metrics.
 optimizer, scheduler, RNG state and step number for a resumed run to follow exactly the same
 trajectory as an uninterrupted one.
 
-Budgets: training stops at ``max_steps``, or earlier at ``max_tokens`` real tokens or
-``max_minutes`` of training time, and the LR schedule is fitted to whichever budget binds so
-it still decays to zero at the end:
-- tokens: before the first step, the mean tokens per optimizer step is read from the first
-  ``calibration_steps`` batches (the source is deterministic, so this costs no training) and
-  the schedule's length set to ``max_tokens / tokens_per_step`` steps.
-- minutes: the first ``calibration_steps`` steps of the run are timed (everything included:
-  evaluation and checkpoints inside that window too), then the schedule's length is set to
-  the steps done plus the remaining time / seconds per step; the run also stops hard at the
-  deadline. During calibration the schedule assumes ``max_steps`` (set it to a generous cap).
-The fitted plan is saved with the scheduler, so a resumed run keeps it.
+Budgets (see ``settings.TrainSettings``): training stops at ``max_steps``, or earlier at
+``max_tokens`` real tokens or ``max_minutes`` of training time, and the LR schedule always
+reaches zero at the end of the budget that binds:
+- steps / tokens: a step-indexed schedule, its length fitted to the token budget from the
+  first ``calibration_steps`` batches (deterministic: the source is).
+- minutes: the LR is a function of the elapsed fraction of the budget (warm-up and decay
+  included), measured before every step, so it decays to zero exactly at the deadline
+  however fast or loaded the machine is. The elapsed time is saved with each checkpoint,
+  so a resumed run continues on the same clock.
+``timeout_minutes`` only stops a run that overruns (with a warning), e.g. a step-budget demo.
 
 SIGTERM (e.g. ``kill``, a preempted node, Prefect cancelling) is caught between steps: the
 run checkpoints and raises ``TrainingInterrupted``, a ``SystemExit`` with status 143
@@ -29,13 +28,12 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -49,13 +47,25 @@ from tasks.engine.checkpoint import (
     load_training_state,
     save_training_state,
 )
+from tasks.engine.device import autocast, rng_devices, to_device
 from tasks.engine.flops import FlopsFn, default_peak_flops, flops_estimator
-from tasks.engine.optim import OptimizerName, Schedule, build_optimizer, build_scheduler, schedule_plan
+from tasks.engine.optim import build_optimizer, build_scheduler, schedule_plan, time_multiplier
+from tasks.engine.settings import TrainSettings
+from tasks.engine.signals import TrainingInterrupted, termination_signals
+from tasks.engine.window import Window, count_tokens
 from tasks.sink import MetricSink, NullSink
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STATE_FILE", "WEIGHTS_FILE", "FitResult", "LoopConfig", "NonFiniteLossError", "fit"]
+__all__ = [
+    "STATE_FILE",
+    "WEIGHTS_FILE",
+    "FitResult",
+    "NonFiniteLossError",
+    "TrainSettings",
+    "TrainingInterrupted",
+    "fit",
+]
 
 
 class BatchSource(Protocol):
@@ -76,57 +86,6 @@ class NonFiniteLossError(ArithmeticError):
         self.value = value
 
 
-class TrainingInterrupted(SystemExit):
-    """SIGTERM arrived; the run checkpointed at ``step`` and stopped (exit status 128 + signal)."""
-
-    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
-        super().__init__(128 + signum)
-        self.step = step
-
-    def __str__(self) -> str:
-        return f"training interrupted by signal at step {self.step} (checkpoint saved)"
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    max_steps: int
-    lr: float
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: Schedule = "linear"
-    grad_accum: int = 1  # micro-batches per optimizer step; source.batch(step * grad_accum + k)
-    clip_norm: float = 1.0  # <= 0 disables clipping (the norm is still logged)
-    eval_every: int = 0  # 0: evaluate only at the end
-    checkpoint_every: int = 0  # 0: checkpoint only at the end (when a checkpoint_dir is given)
-    seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
-    max_minutes: float | None = None  # training-time budget, summed over resumed runs
-    log_every: int = 10
-    optimizer: OptimizerName = "adamw"  # "lamb" for very large batches
-    compile: bool = False  # torch.compile the model for the training steps
-    max_tokens: int | None = None  # real-token budget (schedule fitted to it)
-    calibration_steps: int = 10  # steps measured to fit the schedule to a tokens / minutes budget
-    peak_flops: float | None = None  # hardware peak FLOP/s for MFU; None: flops.default_peak_flops
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "grad_accum", "log_every", "calibration_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"LoopConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"LoopConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0 or not 0.0 <= self.warmup_ratio <= 1.0:
-            raise ValueError(
-                f"LoopConfig needs lr > 0 and 0 <= warmup_ratio <= 1, got {self.lr}, {self.warmup_ratio}"
-            )
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"LoopConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        for name in ("max_minutes", "max_tokens", "peak_flops"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"LoopConfig.{name} must be > 0 or None, got {value}")
-
-
 @dataclass(frozen=True)
 class FitResult:
     steps: int  # optimizer steps completed (including those before a resume)
@@ -134,55 +93,21 @@ class FitResult:
     eval: dict[str, float]  # last evaluate() result (empty without evaluate)
     tokens: int  # real (non-pad) tokens trained on, over all runs (this rank's)
     seconds: float  # training wall-clock time, over all runs
-    stopped_early: bool = False  # True when a tokens / minutes budget ended training before max_steps
+    stopped_early: bool = False  # a tokens / minutes budget or the timeout ended it before max_steps
     resumed_from: int | None = None  # step of the checkpoint this call started from
-    stop_reason: str = "steps"  # steps | tokens | minutes
-
-
-@dataclass
-class Window:
-    """Running sums between two log lines.
-
-    Each metric is averaged over the steps that reported it: a multi-task objective reports
-    ``loss/<task>`` only on that task's steps, and dividing by every step would shrink it.
-    """
-
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    steps: int = 0
-    tokens: int = 0
-    flops: float = 0.0
-    started: float = field(default_factory=time.perf_counter)
-
-    def add(self, metrics: Mapping[str, float], tokens: int, flops: float = 0.0) -> None:
-        for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-            self.counts[name] = self.counts.get(name, 0) + 1
-        self.steps += 1
-        self.tokens += tokens
-        self.flops += flops
-
-    def summary(self, lr: float, world_size: int = 1, peak_flops: float | None = None) -> dict[str, float]:
-        """Means, lr, tokens/s over all ranks and MFU (this rank's FLOP/s over one device's peak)."""
-        out = {name: total / self.counts[name] for name, total in self.sums.items()}
-        out["lr"] = lr
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        if self.tokens:
-            out["tokens_per_s"] = self.tokens * world_size / elapsed
-        if self.flops and peak_flops:
-            out["mfu"] = self.flops / elapsed / peak_flops
-        return out
+    stop_reason: str = "steps"  # steps | tokens | minutes | timeout
 
 
 def fit(
     model: nn.Module,
     objective: Objective,
     source: BatchSource,
-    cfg: LoopConfig,
+    cfg: TrainSettings,
     sink: MetricSink,
     evaluate: Callable[[], dict[str, float]] | None = None,
     checkpoint_dir: Path | str | None = None,
     *,
+    seed: int = 0,
     param_groups: Sequence[dict[str, Any]] | None = None,
     step_hook: StepHook | None = None,
     flops: FlopsFn | None = None,
@@ -191,7 +116,7 @@ def fit(
 
     If ``checkpoint_dir`` holds a checkpoint, training continues from it on exactly the
     trajectory an uninterrupted run would have taken. Global RNG state is forked, so the
-    caller's RNG is untouched; dropout draws from a generator seeded with ``cfg.seed``.
+    caller's RNG is untouched; dropout draws from a generator seeded with ``seed``.
 
     ``param_groups``: optimizer groups (dicts with "params", optional "weight_decay" and
     "lr_scale", a factor on the scheduled LR, e.g. for layer-wise LR decay) instead of the
@@ -209,7 +134,7 @@ def fit(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     rank, world_size = distributed.world()
     with torch.random.fork_rng(devices=rng_devices(device)):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         progress, resumed_from = Progress(), None
         if has_checkpoint(ckpt):
             assert ckpt is not None
@@ -237,6 +162,7 @@ def fit(
             rank=rank,
             world_size=world_size,
             peak_flops=cfg.peak_flops or default_peak_flops(device, cfg.precision),
+            base_lrs=[group["lr"] for group in optimizer.param_groups],
         )
         with termination_signals() as received:
             loop.received = received
@@ -244,7 +170,7 @@ def fit(
 
 
 def fit_token_budget(
-    scheduler: torch.optim.lr_scheduler.LambdaLR, source: BatchSource, cfg: LoopConfig, world_size: int
+    scheduler: torch.optim.lr_scheduler.LambdaLR, source: BatchSource, cfg: TrainSettings, world_size: int
 ) -> None:
     """Length the schedule so it ends at ``cfg.max_tokens`` (tokens/step read from the first batches)."""
     assert cfg.max_tokens is not None
@@ -256,25 +182,6 @@ def fit_token_budget(
              plan.total_steps)  # fmt: skip
 
 
-@contextmanager
-def termination_signals() -> Iterator[list[int]]:
-    """Record SIGTERM in the returned list instead of dying; the loop checks it between steps.
-
-    Signal handlers can only be installed from the main thread; elsewhere (e.g. a Prefect task in
-    a worker thread) SIGTERM keeps its previous behaviour and a warning says so.
-    """
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        log.warning("fit() runs outside the main thread: SIGTERM will not trigger a final checkpoint")
-        yield received
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 @dataclass
 class TrainLoop:
     """The state one fit() call works on; split out so each phase is a short method."""
@@ -284,7 +191,7 @@ class TrainLoop:
     ddp: nn.Module | None  # the DDP wrapper (for no_sync) or None
     objective: Objective
     source: BatchSource
-    cfg: LoopConfig
+    cfg: TrainSettings
     sink: MetricSink
     evaluate: Callable[[], dict[str, float]] | None
     ckpt: Path | None
@@ -296,6 +203,7 @@ class TrainLoop:
     rank: int = 0
     world_size: int = 1
     peak_flops: float | None = None
+    base_lrs: list[float] = field(default_factory=list)  # each group's peak lr (x its lr_scale)
     received: list[int] = field(default_factory=list)  # signals caught since the run started
 
     # mutable state of one run (what the last log / eval / checkpoint produced)
@@ -313,17 +221,14 @@ class TrainLoop:
     def run(self, progress: Progress, resumed_from: int | None) -> FitResult:
         """Steps until a budget ends the run, then a final evaluate() and checkpoint."""
         clock, seconds_before = time.perf_counter(), progress.seconds  # budget counts earlier runs too
-        first_step = progress.step
         self.model.train()
         while (reason := self.stop_reason(progress)) is None:
-            lr = self.cfg.lr * schedule_plan(self.scheduler)(self.scheduler.last_epoch)  # before lr_scale
+            lr = self.cfg.lr * self.lr_factor(progress)  # before each group's lr_scale
             step_metrics, tokens, flops = self.train_step(progress.step)
             progress.step += 1
             progress.tokens += tokens
             self.window.add(step_metrics, tokens, flops)
             progress.seconds = seconds_before + time.perf_counter() - clock  # what a checkpoint records
-            if progress.step - first_step == self.cfg.calibration_steps:
-                self.fit_time_budget(progress, time.perf_counter() - clock)
             self.after_step(progress, lr)
             progress.seconds = seconds_before + time.perf_counter() - clock  # eval/checkpoint time counts too
         if reason == "signal":
@@ -339,7 +244,7 @@ class TrainLoop:
             eval=self.last_eval,
             tokens=progress.tokens,
             seconds=seconds_before + time.perf_counter() - clock,
-            stopped_early=reason in ("tokens", "minutes") and progress.step < self.cfg.max_steps,
+            stopped_early=reason in ("tokens", "minutes", "timeout") and progress.step < self.cfg.max_steps,
             resumed_from=resumed_from,
             stop_reason=reason,
         )
@@ -352,25 +257,37 @@ class TrainLoop:
             return "signal"
         if progress.step >= self.total_steps:
             fitted = schedule_plan(self.scheduler).fitted and self.total_steps < cfg.max_steps
-            return ("minutes" if cfg.max_minutes is not None else "tokens") if fitted else "steps"
+            return "tokens" if fitted else "steps"
         if cfg.max_tokens is not None and progress.tokens * self.world_size >= cfg.max_tokens:
             return "tokens"
         late = cfg.max_minutes is not None and progress.seconds >= cfg.max_minutes * 60
         if distributed.any_rank(late, self.device):
             log.info("time budget of %.2f min reached at step %d", cfg.max_minutes, progress.step)
             return "minutes"
+        overrun = cfg.timeout_minutes is not None and progress.seconds >= cfg.timeout_minutes * 60
+        if distributed.any_rank(overrun, self.device):
+            log.warning("timeout of %.2f min reached at step %d of %d: stopping early, the schedule "
+                        "did not finish", cfg.timeout_minutes, progress.step, self.total_steps)  # fmt: skip
+            return "timeout"
         return None
 
-    def fit_time_budget(self, progress: Progress, elapsed: float) -> None:
-        """After the calibration steps: length the schedule so it ends at the minutes deadline."""
-        plan = schedule_plan(self.scheduler)
-        if self.cfg.max_minutes is None or plan.fitted:
-            return
-        per_step = elapsed / self.cfg.calibration_steps
-        remaining = self.cfg.max_minutes * 60 - progress.seconds
-        total = progress.step + max(0, math.floor(remaining / per_step))
-        plan.fit_to(min(self.cfg.max_steps, total), self.cfg.warmup_ratio)
-        log.info("time budget: %.3f s/step -> schedule of %d steps", per_step, plan.total_steps)
+    def expected_steps(self, progress: Progress) -> int:
+        """Steps this run will end at: the schedule's, or under a minutes budget, the clock's estimate."""
+        if self.cfg.max_minutes is None or progress.seconds <= 0:
+            return self.total_steps
+        by_clock = math.ceil(progress.step * self.cfg.max_minutes * 60 / progress.seconds)
+        return max(progress.step, min(self.total_steps, by_clock))
+
+    def lr_factor(self, progress: Progress) -> float:
+        """This step's factor on the peak LR; with a minutes budget, set on the optimizer from the clock."""
+        if self.cfg.max_minutes is None:
+            return schedule_plan(self.scheduler)(self.scheduler.last_epoch)
+        factor = time_multiplier(
+            progress.seconds / (self.cfg.max_minutes * 60), self.cfg.warmup_ratio, self.cfg.schedule
+        )
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        return factor
 
     def after_step(self, progress: Progress, lr: float) -> None:
         """Periodic work after an optimizer step, in this order: log, evaluate, checkpoint."""
@@ -379,7 +296,7 @@ class TrainLoop:
         if logged:
             self.metrics = self.window.summary(lr, self.world_size, self.peak_flops)
             self.sink.log_metrics(self.metrics, step)
-            self.sink.progress(step, total)
+            self.sink.progress(step, self.expected_steps(progress))
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
             self.last_eval, self.eval_step = self.run_evaluate(step), step
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -412,7 +329,8 @@ class TrainLoop:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         means = self.read_metrics(reported, grad_norm, step)  # the one host sync of the step
         self.optimizer.step()
-        self.scheduler.step()
+        if self.cfg.max_minutes is None:  # a minutes budget sets the LR from the clock instead
+            self.scheduler.step()
         return means, tokens, flops
 
     def read_metrics(
@@ -445,30 +363,3 @@ class TrainLoop:
     def save(self, progress: Progress) -> None:
         if self.ckpt is not None:
             save_training_state(self.ckpt, self.model, self.optimizer, self.scheduler, progress)
-
-
-def count_tokens(batch: Mapping[str, Any]) -> int:
-    """Real tokens in a batch (non-pad when an attention mask is present); 0 if it has no input_ids."""
-    if "attention_mask" in batch and isinstance(batch["attention_mask"], Tensor):
-        return int(batch["attention_mask"].sum())
-    ids = batch.get("input_ids")
-    return ids.numel() if isinstance(ids, Tensor) else 0
-
-
-def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move tensors to ``device``; leave other values (e.g. a task name) alone."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()}
-
-
-@contextmanager
-def autocast(device: torch.device, precision: str) -> Iterator[None]:
-    """bf16 autocast when asked for (CPU or CUDA); a no-op for fp32."""
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        yield
-
-
-def rng_devices(device: torch.device) -> list[int]:
-    """CUDA devices whose RNG fork_rng must save/restore (none on CPU)."""
-    if device.type != "cuda":
-        return []
-    return [device.index if device.index is not None else torch.cuda.current_device()]

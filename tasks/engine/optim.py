@@ -155,6 +155,21 @@ def lr_multiplier(step: int, *, max_steps: int, warmup_steps: int, schedule: Sch
     return 1.0 - progress
 
 
+def time_multiplier(fraction: float, warmup_ratio: float, schedule: Schedule) -> float:
+    """Factor on the peak LR at ``fraction`` (0..1) of a time budget: linear warmup, then decay to 0.
+
+    The time-based twin of ``lr_multiplier`` (cramming's budgeted schedule): the clock, not
+    a step count fitted in advance, says where in the schedule a run is.
+    """
+    fraction = min(max(fraction, 0.0), 1.0)
+    if fraction < warmup_ratio:
+        return fraction / warmup_ratio
+    progress = (fraction - warmup_ratio) / max(1e-12, 1.0 - warmup_ratio)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
+
+
 @dataclass
 class SchedulePlan:
     """The LR schedule as a callable *object*: LambdaLR saves its ``__dict__`` in the state dict.
@@ -166,7 +181,7 @@ class SchedulePlan:
     total_steps: int
     warmup_steps: int
     schedule: Schedule
-    fitted: bool = False  # True once total_steps was fitted to a tokens / minutes budget
+    fitted: bool = False  # True once total_steps was fitted to a tokens budget
 
     def fit_to(self, total_steps: int, warmup_ratio: float) -> None:
         """Re-plan so the LR reaches zero after ``total_steps`` (warmup re-scaled to match)."""

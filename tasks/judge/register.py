@@ -161,6 +161,7 @@ def build_register(
         min_improvement=cfg.min_improvement,
         baseline_score=baseline_value(scores, baseline[0] if baseline else None, cfg.gate_metric),
         rescore=champion_rescorer(cfg, scores, job.destination, job.workdir),
+        attempt=job.fingerprint,
         tags={
             "bertflow.checkpoint_fingerprint": checkpoint.fingerprint,
             "bertflow.report_fingerprint": report.fingerprint,

@@ -9,7 +9,7 @@ generates (the demo) without hard-coding a machine's paths. Command-line overrid
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,8 @@ from tasks.data.tokenizer import TokenizerConfig
 from tasks.demo.stage import DemoConfig
 from tasks.judge.evaluation import EvalConfig
 from tasks.judge.register import RegistryConfig
-from tasks.train.finetune import FinetuneConfig
-from tasks.train.pretrain import PretrainConfig
+from tasks.train.finetune_config import FinetuneConfig
+from tasks.train.pretrain_config import PretrainConfig
 
 
 class TrackingConfig(BaseModel):
@@ -95,8 +95,19 @@ def substitute(value: Any, workdir: Path) -> Any:
     return value
 
 
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``section.sub.field`` in the raw preset dict to ``value``, creating sections as needed."""
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise PresetError(f"override {key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set ``section.field=value`` in the raw preset dict (value parsed as TOML if it can be)."""
+    """Set ``section.field=value`` from text (the CLI's --set): the value is parsed as TOML if it can be."""
     key, sep, text = override.partition("=")
     if not sep or not key.strip():
         raise PresetError(f"override {override!r} is not of the form section.field=value")
@@ -104,19 +115,23 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
-    *parents, leaf = key.strip().split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise PresetError(f"override {override!r}: {part!r} is not a section")
-    node[leaf] = value
+    set_path(raw, key, value)
 
 
-def load_config(name_or_path: str, workdir: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """Preset + overrides -> validated PipelineConfig (pydantic errors name the field)."""
+def load_config(
+    name_or_path: str,
+    workdir: Path,
+    overrides: Sequence[str] = (),
+    updates: Mapping[str, Any] | None = None,
+) -> PipelineConfig:
+    """Preset + typed ``updates`` (a form's fields) + text overrides -> validated PipelineConfig.
+
+    Validation happens once, here, on the composed config: pydantic errors name the field.
+    """
     raw = read_preset(name_or_path)
     raw.setdefault("preset", Path(name_or_path).stem)
+    for key, value in (updates or {}).items():
+        set_path(raw, key, value)
     for override in overrides:
         apply_override(raw, override)
     return PipelineConfig.model_validate(substitute(raw, workdir.resolve()))

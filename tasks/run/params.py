@@ -13,7 +13,6 @@ and by the stage configs' own validation before the first task.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -29,11 +28,11 @@ OVERRIDES: dict[str, str] = {
     "tracking_uri": "tracking.tracking_uri",
     "experiment": "tracking.experiment",
     "model_name": "registry.model_name",
-    "pretrain_max_steps": "pretrain.max_steps",
-    "pretrain_max_minutes": "pretrain.max_minutes",
+    "pretrain_max_steps": "pretrain.train.max_steps",
+    "pretrain_max_minutes": "pretrain.train.max_minutes",
     "pretrain_batch_size": "pretrain.batch_size",
-    "finetune_max_steps": "finetune.max_steps",
-    "finetune_lr": "finetune.lr",
+    "finetune_max_steps": "finetune.train.max_steps",
+    "finetune_lr": "finetune.train.lr",
     "eval_max_examples_per_task": "evaluate.max_examples_per_task",
     "baseline_random_init": "baseline_random_init",
     "demo_corpus_docs": "demo.n_corpus_docs",
@@ -78,11 +77,15 @@ class PipelineParameters(BaseModel):
         description="Advanced: more preset overrides as section.field=value (TOML values).",
     )
 
-    def override_list(self) -> list[str]:
-        """The set fields as ``section.field=value`` strings (values JSON-encoded: valid TOML)."""
-        chosen = [(path, getattr(self, name)) for name, path in OVERRIDES.items()]
-        return [f"{path}={json.dumps(value)}" for path, value in chosen if value is not None] + self.overrides
+    def typed_updates(self) -> dict[str, object]:
+        """``section.field -> value`` for every form field that is set (typed values, no re-parsing)."""
+        chosen = {path: getattr(self, name) for name, path in OVERRIDES.items()}
+        return {path: value for path, value in chosen.items() if value is not None}
 
     def to_config(self) -> PipelineConfig:
-        """The validated pipeline config (raises naming the field on a bad value)."""
-        return load_config(self.preset, Path(self.workdir), self.override_list())
+        """The validated pipeline config (raises naming the field on a bad value).
+
+        Typed fields are set on the preset as values; only the free-text ``overrides`` are
+        parsed (as TOML, like the CLI's ``--set``).
+        """
+        return load_config(self.preset, Path(self.workdir), self.overrides, updates=self.typed_updates())

@@ -113,6 +113,8 @@ class Stage:
             found = reusable(self.name, final, fp)
             if found is not None:
                 return found
+            for stale in final.parent.glob(f".tmp-{final.name}-*"):  # a killed build's; the lock says no one
+                remove_owned(stale)  # else is building this fingerprint now
             job = Job(sink or NullSink(), fp, workdir, scratch, run_id, destination)
             artifact = self._build(cfg, inputs, final, key, job)
         shutil.rmtree(scratch, ignore_errors=True)  # ours: made for this fingerprint only

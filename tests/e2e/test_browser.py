@@ -42,7 +42,7 @@ def browser() -> Iterator[Any]:
         pytest.skip(
             f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (make test does it where apt works)"
         )
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test extra) not installed")
+    from playwright import sync_api  # a test dependency: never skipped for
     executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=FLAGS, headless=True)
@@ -80,10 +80,10 @@ def test_mlflow_compares_two_runs(
         wait_until="domcontentloaded",
         timeout=90_000,
     )
-    page.get_by_text("pretrain.max_steps").first.wait_for(timeout=90_000)
+    page.get_by_text("pretrain.train.max_steps").first.wait_for(timeout=90_000)
     page.get_by_text("pretrained/glue_avg").first.wait_for(timeout=30_000)  # the metrics table too
     OUTPUT.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(OUTPUT / "mlflow-compare.png"), full_page=True)
     text = page.inner_text("body")
     page.close()
-    assert "finetune.lr" in text and "pretrained/glue_avg" in text
+    assert "finetune.train.lr" in text and "pretrained/glue_avg" in text

@@ -1,0 +1,62 @@
+"""PretrainConfig: what pre-training trains (objective, shape) and how (the shared TrainSettings)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.engine.device import DeviceChoice
+from tasks.engine.settings import TrainSettings, with_defaults
+from tasks.train.shape import EncoderShape
+
+ObjectiveName = Literal["mlm", "wwm", "span", "mlm+sop", "mlm+nsp", "electra"]
+# pre-training's own recipe on top of TrainSettings' generic defaults
+TRAIN_DEFAULTS = {"lr": 5e-4, "warmup_ratio": 0.06, "eval_every": 200, "checkpoint_every": 200}
+
+
+class PretrainConfig(BaseModel):
+    """Pre-training settings: objective and data, ``shape`` (the encoder), ``train`` (the loop)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    shape: EncoderShape = Field(default_factory=EncoderShape, description="The encoder's architecture.")
+    train: TrainSettings = Field(
+        default_factory=lambda: TrainSettings(**TRAIN_DEFAULTS), description="Optimiser, schedule, budget."
+    )
+    objective: ObjectiveName = Field(
+        "mlm",
+        description="mlm | wwm (whole words) | span (SpanBERT) | mlm+sop (ALBERT) | mlm+nsp (BERT) | electra",
+    )
+    mask_rate: float = Field(
+        0.15, gt=0.0, le=0.5, description="Fraction of non-special tokens predicted (15% BERT; 30-40% ok)."
+    )
+    span_p: float = Field(0.2, gt=0.0, le=1.0, description="span: geometric parameter of span lengths.")
+    span_max: int = Field(10, ge=1, le=64, description="span: longest span, in words.")
+    electra_weight: float = Field(50.0, gt=0.0, le=1000.0, description="electra: discriminator loss weight.")
+    generator_ratio: float = Field(
+        0.25, ge=0.05, le=1.0, description="electra: generator width / heads / FFN as a fraction."
+    )
+    batch_size: int = Field(32, ge=1, le=65536, description="Packed rows per micro-batch (per device).")
+    eval_batches: int = Field(
+        20, ge=1, le=100000, description="Validation batches per evaluation (at most 1 pass)."
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds init, data order, masks and dropout.")
+    device: DeviceChoice = Field("auto", description="auto: CUDA when available, else CPU.")
+    devices: int = Field(1, ge=1, le=64, description="GPUs; > 1 relaunches under torchrun with DDP.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_defaults(cls, data: Any) -> Any:
+        return with_defaults(data, TRAIN_DEFAULTS)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> PretrainConfig:
+        if self.shape.doc_attention and self.objective in ("mlm+sop", "mlm+nsp"):
+            raise ValueError(
+                "PretrainConfig: doc_attention cuts attention at every [SEP], but sentence-pair objectives "
+                f"({self.objective}) need A and B to see each other; turn one of them off"
+            )
+        if self.devices > 1 and self.device == "cpu":
+            raise ValueError("PretrainConfig: devices > 1 needs CUDA GPUs (device='auto' or 'cuda')")
+        return self

@@ -1,0 +1,110 @@
+"""What pre-training trains: the objective's model, its loss, and its deterministic batches.
+
+Each pre-training objective (MLM and its masking variants, sentence-pair MLM, ELECTRA) is
+a (model, objective, batch source) triple built from the ``PretrainConfig``; the one loop
+(``tasks.engine.loop.fit``) trains any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining, generator_config
+from tasks.engine.data import MLMBatchSource, PackedSequences, PairBatchSource
+from tasks.engine.masking import continuation_lookup
+from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective
+from tasks.store.artifact import Artifact
+from tasks.train.pretrain_config import PretrainConfig
+
+log = logging.getLogger(__name__)
+
+PretrainingModel = BertForMaskedLM | ElectraForPreTraining
+Objective = MLMObjective | PairObjective | ElectraObjective
+
+
+def build_model(cfg: PretrainConfig, train: PackedSequences) -> PretrainingModel:
+    """The objective's model, seeded on a forked RNG (the caller's global RNG is left alone)."""
+    encoder = cfg.shape.encoder_config(
+        vocab_size=train.vocab_size,
+        seq_len=train.seq_len,
+        pad_id=train.special_ids["pad_id"],
+        sep_id=train.special_ids["sep_id"],
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        if cfg.objective == "electra":
+            return ElectraForPreTraining(encoder, generator_config(encoder, cfg.generator_ratio))
+        if cfg.objective in ("mlm+sop", "mlm+nsp"):
+            return BertForPreTraining(encoder)
+        return BertForMaskedLM(encoder)
+
+
+def build_objective(cfg: PretrainConfig) -> Objective:
+    if cfg.objective == "electra":
+        return ElectraObjective(cfg.electra_weight)
+    if cfg.objective in ("mlm+sop", "mlm+nsp"):
+        return PairObjective(cfg.objective.removeprefix("mlm+"))
+    return MLMObjective()
+
+
+def batch_source(
+    cfg: PretrainConfig, split: PackedSequences, tokenizer: Artifact, seed: int | None = None
+) -> MLMBatchSource:
+    """The objective's deterministic batch source over ``split``."""
+    strategy = {"wwm": "word", "span": "span"}.get(cfg.objective, "token")
+    common: dict[str, Any] = {
+        "mask_rate": cfg.mask_rate,
+        "strategy": strategy,
+        "is_continuation": word_continuations(tokenizer, split.vocab_size) if strategy != "token" else None,
+        "span_p": cfg.span_p,
+        "span_max": cfg.span_max,
+        "with_doc_ids": cfg.shape.doc_attention,
+    }
+    seed = cfg.seed if seed is None else seed
+    if cfg.objective in ("mlm+sop", "mlm+nsp"):
+        return PairBatchSource(split, cfg.batch_size, seed, task=cfg.objective.removeprefix("mlm+"), **common)
+    return MLMBatchSource(split, cfg.batch_size, seed, **common)
+
+
+def word_continuations(tokenizer: Artifact, vocab_size: int) -> torch.Tensor:
+    """(V,) bool lookup of WordPiece continuation pieces, from the tokenizer's own prefix."""
+    tok = Tokenizer.from_file(str(tokenizer.file("tokenizer.json")))
+    prefix = getattr(tok.model, "continuing_subword_prefix", None) or "##"
+    lookup = continuation_lookup(tok.get_vocab(), vocab_size, prefix)
+    if not lookup.any():
+        log.warning(
+            "pretrain: %s has no %r pieces; word/span masking falls back to tokens", tokenizer.path, prefix
+        )
+    return lookup
+
+
+def validation_evaluator(
+    cfg: PretrainConfig,
+    packed: Artifact,
+    tokenizer: Artifact,
+    model: PretrainingModel,
+    objective: Objective,
+    device: torch.device,
+) -> Callable[[], dict[str, float]] | None:
+    """evaluate() for fit: the objective's validation figures on fixed masks (None if no rows).
+
+    The validation source is seeded like training but its batches are always steps 0..n-1, so
+    every evaluation scores the same rows under the same masks and the curve is comparable.
+    """
+    validation = PackedSequences(packed.dir, "validation")
+    if len(validation) == 0:
+        log.warning("pretrain: %s has no validation rows; skipping validation", packed.dir)
+        return None
+    source = batch_source(cfg, validation, tokenizer)
+    num_batches = min(cfg.eval_batches, math.ceil(len(validation) / cfg.batch_size))
+
+    def evaluate() -> dict[str, float]:
+        return objective.evaluate(model, (source.batch(i) for i in range(num_batches)), device)
+
+    return evaluate
