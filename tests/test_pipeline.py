@@ -118,6 +118,23 @@ def test_changed_training_data_reruns_finetuning_with_new_scores(first: tuple[Pa
     assert same.scores != after.scores
 
 
+def test_another_task_set_rescores_the_champion_before_comparing(first: tuple[Path, PipelineResult]) -> None:
+    """The QNLI case on demo tasks: a challenger scored on SST-2 only is never compared with the champion's
+    average over four tasks; the champion is evaluated on SST-2 first, and the line printed says so."""
+    workdir, before = first
+    client = MlflowClient(before.tracking_uri)
+    champion = str(client.get_registered_model("pipeline-test").aliases["champion"])
+    sst2_only = ('finetune.tasks=["SST-2"]', 'evaluate.tasks=["SST-2"]', "baseline_random_init=false")
+    _, result = run(workdir, *sst2_only)
+    assert result.registration is not None
+    summary = result.registration.summary
+    assert summary["champion_version"] == champion and summary["champion_rescored"] is True
+    assert "re-scored on this suite" in summary["reason"]
+    tags = client.get_model_version("pipeline-test", champion).tags
+    assert tags[f"bertflow.score.glue_avg.{summary['suite']}"] == f"{summary['champion_score']:.6f}"
+    assert "re-scored on this suite" in closing_lines(result.registration, result.tracking_uri)[0]
+
+
 def test_new_tracking_uri_registers_there(first: tuple[Path, PipelineResult], tmp_path: Path) -> None:
     workdir, _ = first
     other = f"sqlite:///{tmp_path / 'other.db'}"

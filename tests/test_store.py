@@ -247,3 +247,18 @@ def test_a_killed_builds_leftover_is_removed_by_the_next_build(tmp_path: Path) -
     (leftover / "half.txt").write_text("partial")
     STAGE(Cfg(), workdir=tmp_path)
     assert not leftover.exists()
+
+
+def test_demo_out_dir_pointing_at_a_users_folder_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """`--set demo.out_dir=<an existing folder>` must not wipe that folder."""
+    from tasks.demo.stage import DemoConfig, make_demo_data
+
+    folder = tmp_path / "Documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("four years of work")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    cfg = DemoConfig(out_dir=str(folder), n_corpus_docs=100, n_train=10, n_dev=10)
+    with pytest.raises(ForeignDirectoryError, match=r"Documents exists and was not created by bertflow"):
+        make_demo_data(cfg, workdir=tmp_path / "work")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not list(tmp_path.glob(".tmp-Documents-*"))

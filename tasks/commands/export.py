@@ -48,7 +48,7 @@ from models.config import EncoderConfig
 from models.io import read_config, read_weights
 from registry.download import download_model, is_mlflow_uri
 from tasks.data.tokenizer import TOKENIZER_FILES
-from tasks.store.ownership import mark_owned, remove_owned
+from tasks.store.ownership import check_replaceable, mark_owned, remove_owned
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
     heads = config.get("heads", {})
     check_heads(heads, checkpoint)
     state = read_weights(checkpoint)
+    check_replaceable(out)
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     mark_owned(tmp, "export")
     try:

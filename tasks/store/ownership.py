@@ -28,16 +28,21 @@ def is_owned(directory: Path) -> bool:
     return (directory / OWNER_MARK).is_file()
 
 
-def remove_owned(directory: Path) -> None:
-    """Delete ``directory`` if bertflow created it; an empty one goes too; anything else is refused."""
-    if not directory.exists():
-        return
-    if directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
+def check_replaceable(directory: Path) -> None:
+    """Raise unless ``directory`` is absent, empty, or bertflow's own (checked before any work starts)."""
+    if not directory.exists() or (directory.is_dir() and not any(directory.iterdir())):
         return
     if not directory.is_dir() or not is_owned(directory):
         raise ForeignDirectoryError(
             f"{directory} exists and was not created by bertflow (no {OWNER_MARK} mark): "
             "refusing to replace it; choose another path or move it away"
         )
-    shutil.rmtree(directory)
+
+
+def remove_owned(directory: Path) -> None:
+    """Delete ``directory`` if bertflow created it; an empty one goes too; anything else is refused."""
+    check_replaceable(directory)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+    elif directory.exists():
+        shutil.rmtree(directory)

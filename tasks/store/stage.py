@@ -36,7 +36,7 @@ from tasks.store.artifact import Artifact
 from tasks.store.digest import code_digest, files_digest, json_digest
 from tasks.store.locks import build_lock
 from tasks.store.manifest import read_manifest, verify, write_manifest
-from tasks.store.ownership import mark_owned, remove_owned
+from tasks.store.ownership import check_replaceable, mark_owned, remove_owned
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class Stage:
         self, cfg: BaseModel, inputs: Sequence[Artifact], final: Path, key: dict[str, Any], job: Job
     ) -> Artifact:
         """Build into an owned temporary sibling, write the manifest, rename into place."""
+        check_replaceable(final)  # a foreign directory in the way: refuse before doing any work
         tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         mark_owned(tmp, self.name)
         try:
