@@ -45,3 +45,11 @@ test: lint chromium
 
 clean:
 	rm -rf $(WORKDIR)
+
+# GPU check (benchmarks/gpu_check.py): fill the ignored .gpu/ that a lent GPU machine gets through
+# `carry`: ~250 Wikipedia files, the five GLUE tasks (gzipped) and cp312 wheels of the packages that
+# machine lacks; prints every size and fails over 60 MiB. See BENCHMARKS.md, "GPU".
+SHARED_DATA ?= ../shared/data
+.PHONY: gpu-data
+gpu-data: install
+	$(BIN)/python benchmarks/gpu_data.py --shared $(SHARED_DATA) --out .gpu

@@ -1,6 +1,6 @@
 """Data-parallel plumbing for fit(): who am I, wrap the model, agree on a stop.
 
-Launch is ``torchrun`` (see tasks/pretrain.py); inside fit() a run with an initialised
+Launch is ``torchrun`` (see tasks/train/pretrain.py); inside fit() a run with an initialised
 process group trains a DistributedDataParallel copy per rank, each rank reading its own
 micro-batches (index ``i * world + rank`` of the deterministic source), and only rank 0
 logs and checkpoints. With no process group everything degrades to world 1, rank 0: the
