@@ -30,8 +30,12 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
 
 def test_configs_are_frozen(tmp_path: Path) -> None:
     cfg = load_config("tiny", tmp_path)
-    with pytest.raises(ValidationError):
+    before = cfg.pretrain.train.max_steps
+    with pytest.raises(ValidationError, match=r"max_steps\n\s+Instance is frozen"):
         cfg.pretrain.train.max_steps = 3  # type: ignore[misc]
+    with pytest.raises(ValidationError, match=r"pretrain\n\s+Instance is frozen"):
+        cfg.pretrain = cfg.pretrain  # type: ignore[misc]
+    assert cfg.pretrain.train.max_steps == before != 3
 
 
 def test_bad_values_name_the_field(tmp_path: Path) -> None:

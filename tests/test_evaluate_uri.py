@@ -13,13 +13,14 @@ from word_tokenizer import word_tokenizer
 
 from models.config import EncoderConfig
 from models.heads import HeadSpec
-from models.io import save_checkpoint
+from models.io import load_multitask, save_checkpoint
 from models.multitask import MultiTaskModel
 from registry.download import ModelUriError
 from tasks.judge.by_uri import ModelDirError, content_fingerprint, evaluate_model_uri
 from tasks.judge.evaluation import EvalConfig
 
 WORDS = ("a", "man", "dog", "runs", "sleeps", "cat", "sat", "good", "bad")
+SENTENCES = ["a man runs .", "a dog sleeps .", "good cat .", "bad dog .", "a cat sat ."]
 
 
 def tiny_tokenizer() -> Tokenizer:
@@ -32,8 +33,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, EvalCon
     root = tmp_path_factory.mktemp("uri")
     dev = root / "data" / "glue" / "SST-2" / "dev.tsv"
     dev.parent.mkdir(parents=True)
-    sentences = ["a man runs .", "a dog sleeps .", "good cat .", "bad dog .", "a cat sat ."]
-    dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(sentences)))
+    dev.write_text("sentence\tlabel\n" + "".join(f"{s}\t{i % 2}\n" for i, s in enumerate(SENTENCES)))
     cfg = EncoderConfig(
         vocab_size=len(WORDS) + 6, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
     )
@@ -47,9 +47,14 @@ def test_local_dir(setup: tuple[Path, Path, EvalConfig]) -> None:
     root, ckpt, cfg = setup
     report = evaluate_model_uri(str(ckpt), cfg, root / "work")
     assert report["model_dir"] == str(ckpt) and report["dev_examples"] == {"SST-2": {"dev.tsv": 5}}
+    # the saved model run by hand on each dev sentence, scored against the labels the dev file holds
+    model, tok = load_multitask(ckpt).eval(), tiny_tokenizer()
+    with torch.no_grad():
+        predicted = [int(model("SST-2", torch.tensor([tok.encode(s).ids])).argmax()) for s in SENTENCES]
     rows = (Path(report["report_dir"]) / "predictions" / "SST-2.jsonl").read_text().splitlines()
-    accuracy = 100 * sum(json.loads(r)["prediction"] == json.loads(r)["label"] for r in rows) / 5
-    assert report["per_task"]["SST-2"]["accuracy"] == pytest.approx(accuracy)
+    assert [json.loads(r)["prediction"] for r in rows] == [str(p) for p in predicted]
+    correct = sum(p == i % 2 for i, p in enumerate(predicted))
+    assert report["per_task"]["SST-2"]["accuracy"] == pytest.approx(100 * correct / 5)
     assert (
         Path(report["report_dir"]).name
         == evaluate_model_uri(str(ckpt), cfg, root / "work")["report_dir"][-16:]

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score
 from tokenizers import Tokenizer
 from word_tokenizer import word_tokenizer
 
 from models.config import EncoderConfig
 from models.heads import HeadSpec
-from models.io import save_checkpoint
+from models.io import load_multitask, save_checkpoint
 from models.multitask import MultiTaskModel
-from tasks.downstream.metrics.glue import glue_average
 from tasks.downstream.scoring import MissingHeadError
 from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
 from tasks.sink import MemorySink
@@ -85,8 +86,13 @@ def tiny_finetuned(path: Path) -> Artifact:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, MemorySink]:
-    root = tmp_path_factory.mktemp("eval")
+def eval_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("eval")
+
+
+@pytest.fixture(scope="module")
+def evaluated(eval_root: Path) -> tuple[Artifact, MemorySink]:
+    root = eval_root
     write_dev_sets(root / "data")
     cfg = EvalConfig(
         data_dir=str(root / "data"),
@@ -110,13 +116,97 @@ def test_report_shape_and_averages(evaluated: tuple[Artifact, MemorySink]) -> No
         "WNLI": ["accuracy"],
         "SQuAD": ["exact_match", "f1"],
     }
-    assert all(0.0 <= v <= 100.0 for k, m in per_task.items() if k != "STS-B" for v in m.values())
-    assert report["glue_avg"] == pytest.approx(glue_average(per_task, include_wnli=False))
+    # averaged inside each task first (MNLI m/mm, STS-B's two correlations), then across tasks
+    mnli, sst = per_task["MNLI"], per_task["SST-2"]["accuracy"]
+    task_scores = [
+        (mnli["accuracy_matched"] + mnli["accuracy_mismatched"]) / 2,
+        sst,
+        (per_task["STS-B"]["pearson"] + per_task["STS-B"]["spearmanr"]) / 2,
+    ]
+    assert report["glue_avg"] == pytest.approx(sum(task_scores) / 3)
     assert report["glue_avg_name"] == "glue_avg[MNLI,SST-2,STS-B]"
-    assert report["glue_avg_with_wnli"] == pytest.approx(glue_average(per_task, include_wnli=True))
+    assert report["glue_avg_with_wnli"] == pytest.approx(
+        (sum(task_scores) + per_task["WNLI"]["accuracy"]) / 4
+    )
     assert report["glue_avg_with_wnli_name"] == "glue_avg[MNLI,SST-2,STS-B,WNLI]"
     assert report["squad"] == per_task["SQuAD"]
     assert report["dev_examples"]["MNLI"] == {"dev_matched.tsv": 3, "dev_mismatched.tsv": 2}
+
+
+SENTENCES = ["a man runs .", "a dog sleeps .", "the cat sat on the mat .", "a cat runs ."]
+
+
+def one_by_one(model: MultiTaskModel, task: str, inputs: list[tuple[str, ...]]) -> list:
+    """The model's output for each input on its own: no batching, padding, sorting or truncation."""
+    tok, outputs = tiny_tokenizer(), []
+    with torch.no_grad():
+        for texts in inputs:
+            enc = tok.encode(*texts)
+            ids, types = torch.tensor([enc.ids]), torch.tensor([enc.type_ids])
+            outputs.append(model(task, ids, types, torch.ones_like(ids)))
+    return outputs
+
+
+def test_glue_scores_match_an_example_by_example_oracle(evaluated, eval_root: Path) -> None:
+    """Every GLUE figure recomputed from single-example forwards, with sklearn / scipy as the metric."""
+    artifact, _ = evaluated
+    per_task = json.loads(artifact.file("report.json").read_text())["per_task"]
+    model = load_multitask(eval_root / "ckpt").eval()
+
+    def predicted(task: str, inputs: list[tuple[str, ...]]) -> list[int]:
+        return [int(out.argmax()) for out in one_by_one(model, task, inputs)]
+
+    sst = predicted("SST-2", [(s,) for s in SENTENCES])
+    assert per_task["SST-2"]["accuracy"] == pytest.approx(100 * accuracy_score([0, 1, 0, 1], sst))
+    rows = [json.loads(line) for line in artifact.file("predictions/SST-2.jsonl").read_text().splitlines()]
+    assert [(r["prediction"], r["label"]) for r in rows] == [(str(p), str(i % 2)) for i, p in enumerate(sst)]
+    rows = [json.loads(line) for line in artifact.file("predictions/MNLI.jsonl").read_text().splitlines()]
+    for split, n in (("matched", 3), ("mismatched", 2)):
+        mnli = predicted("MNLI", [(s, "a dog .") for s in SENTENCES[:n]])
+        assert per_task["MNLI"][f"accuracy_{split}"] == pytest.approx(100 * accuracy_score(range(n), mnli))
+        assert [r["prediction"] for r in rows if r["split"] == f"dev_{split}.tsv"] == [
+            LABELS[p] for p in mnli
+        ]
+    wnli = predicted("WNLI", [(s, s) for s in SENTENCES])
+    assert per_task["WNLI"]["accuracy"] == pytest.approx(100 * accuracy_score([0, 1, 0, 1], wnli))
+    # STS-B: the untrained head's scores differ by ~1e-5, so batching noise (~1e-9) moves Pearson in the
+    # 2nd decimal: check each written score against the oracle, then the metric on those scores
+    scores = [float(out) for out in one_by_one(model, "STS-B", [(s, s) for s in SENTENCES])]
+    rows = [json.loads(line) for line in artifact.file("predictions/STS-B.jsonl").read_text().splitlines()]
+    written = [r["prediction"] for r in rows]
+    assert written == pytest.approx(scores, abs=1e-8) and [r["label"] for r in rows] == [0.5, 1.5, 2.5, 3.5]
+    assert per_task["STS-B"]["pearson"] == pytest.approx(100 * pearsonr(written, [0.5, 1.5, 2.5, 3.5])[0])
+    assert per_task["STS-B"]["spearmanr"] == pytest.approx(100 * spearmanr(written, [0.5, 1.5, 2.5, 3.5])[0])
+
+
+def test_squad_answer_is_the_best_span_over_all_windows(evaluated, eval_root: Path) -> None:
+    """Brute force over every window of 18 context tokens (24 - [CLS] q [SEP] [SEP]), stride 8, and
+    every span of <= 30 tokens in it, scored start + end logit, as the decoding defines."""
+    artifact, _ = evaluated
+    model = load_multitask(eval_root / "ckpt").eval()
+    tok = tiny_tokenizer()
+    context = "the cat sat on the red mat . " * 6
+    question = tok.encode("what color ?", add_special_tokens=False).ids
+    words = tok.encode(context, add_special_tokens=False)
+    assert len(words.ids) == 48
+    best = (-float("inf"), "")
+    for start in (0, 8, 16, 24, 32):  # the last window reaches the 48th token
+        ctx = words.ids[start : start + 18]
+        ids = torch.tensor([[2, *question, 3, *ctx, 3]])
+        types = torch.tensor([[0] * (len(question) + 2) + [1] * (len(ctx) + 1)])
+        with torch.no_grad():
+            start_logits, end_logits = (t[0] for t in model("SQuAD", ids, types, torch.ones_like(ids)))
+        first = len(question) + 2
+        for a in range(len(ctx)):
+            for b in range(a, min(len(ctx), a + 30)):
+                score = float(start_logits[first + a] + end_logits[first + b])
+                text = context[words.offsets[start + a][0] : words.offsets[start + b][1]]
+                best = max(best, (score, text))
+    rows = [json.loads(line) for line in artifact.file("predictions/SQuAD.jsonl").read_text().splitlines()]
+    assert [r["prediction_text"] for r in rows] == [best[1]] * 3
+    assert rows[0]["n_best"][0]["score"] == pytest.approx(best[0], abs=1e-5)
+    report = json.loads(artifact.file("report.json").read_text())
+    assert report["squad"]["exact_match"] == (100.0 if best[1] == "red" else 0.0)
 
 
 def test_predictions_files_back_the_scores(evaluated: tuple[Artifact, MemorySink]) -> None:
@@ -152,6 +242,11 @@ def test_summary_is_flat_and_logged(evaluated: tuple[Artifact, MemorySink]) -> N
         "glue_avg_with_wnli",
     } <= set(artifact.summary)
     assert all(isinstance(v, float) for v in artifact.summary.values())
+    report = json.loads(artifact.file("report.json").read_text())
+    for task, metrics in report["per_task"].items():  # each figure of the report, under task/metric
+        for name, value in metrics.items():
+            assert artifact.summary[f"{task}/{name}"] == pytest.approx(value), (task, name)
+    assert artifact.summary["glue_avg"] == pytest.approx(report["glue_avg"])
     assert sink.history == [(0, artifact.summary)]
 
 

@@ -260,9 +260,30 @@ def test_mean_pooling_is_saved_with_the_heads_and_used_by_evaluation(
     root, checkpoint = tiny_setup
     cfg = small_cfg(root / "data", pooling="mean", max_steps=4)
     out = finetune(cfg, checkpoint, workdir=root / "work", sink=MemorySink())
-    assert {spec.pooling for spec in load_multitask(out.dir).head_specs.values()} == {"mean"}
-    report = _eval_report(root, out, cfg.tasks)
-    assert set(report["per_task"]) == set(cfg.tasks)
+    model = load_multitask(out.dir).eval()
+    assert {spec.pooling for spec in model.head_specs.values()} == {"mean"}
+    report = evaluate_checkpoint(
+        EvalConfig(data_dir=str(root / "data"), tasks=("STS-B",), max_seq_len=32),
+        out,
+        workdir=root / "work",
+        sink=MemorySink(),
+    )
+    rows = report.file("predictions/STS-B.jsonl").read_text().splitlines()
+    written = [json.loads(row)["prediction"] for row in rows]
+    # the STS-B head by hand, one pair at a time, on the mean of all hidden states vs on [CLS]
+    lines = (root / "data" / "glue" / "STS-B" / "dev.tsv").read_text().splitlines()[1:]
+    head, tok = model.heads["STS-B"], tiny_tokenizer()
+    by_mean, by_cls = [], []
+    with torch.no_grad():
+        for line in lines:
+            enc = tok.encode(*line.split("\t")[7:9])
+            ids, types = torch.tensor([enc.ids]), torch.tensor([enc.type_ids])
+            hidden = model.encoder(ids, types, torch.ones_like(ids))[0]  # (T, H)
+            for pooled, out_list in ((hidden.mean(0), by_mean), (hidden[0], by_cls)):
+                out_list.append(float(head.regressor(torch.tanh(head.pooler.dense(pooled)))))
+    assert len(written) == len(lines) == 24
+    assert written == pytest.approx(by_mean, abs=1e-5)
+    assert max(abs(m - c) for m, c in zip(by_mean, by_cls, strict=True)) > 1e-3  # the pooling matters here
 
 
 def test_several_seeds_keep_the_median_seed_and_report_medians(tiny_setup: tuple[Path, Artifact]) -> None:
