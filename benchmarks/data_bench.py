@@ -1,7 +1,8 @@
 """Data-stage benchmark: ingest -> dedup -> tokenizer -> pack on a real corpus, plus planted
 near-duplicates and side-by-side baselines.
 
-    python benchmarks/data_bench.py --corpus /path/to/enwiki-2014-slice --out results.json [--quick]
+    python benchmarks/data_bench.py --corpus ../shared/data/corpus/enwiki-2014-slice \
+        --out benchmarks/results/data_bench.json [--quick] [--max-files N]
 
 Figures (table on stdout, JSON to --out):
 
@@ -14,11 +15,16 @@ Figures (table on stdout, JSON to --out):
   Jaccard >= 0.85 whose copy was dropped with its original kept; precision (strict) is the share
   of dropped (document, kept) pairs whose exact Jaccard reaches the 0.8 threshold (the looser
   share >= 0.7 is reported too, and both for ``verify="estimate"``);
-* ``dedup_speedup_vs_datasketch``: end to end, our whole dedup stage (Parquet in and out, exact
-  pass, MinHash, LSH, exact verification) vs ``datasketch`` MinHash + MinHashLSH query/insert with
-  the same num_perm and threshold on the same normalized texts in memory (``rensa`` too when
-  installed); ``dedup_lsh_speedup_vs_datasketch``: like for like, our in-memory MinHash + LSH +
-  estimate filter vs the same datasketch loop (neither verifies exactly);
+* ``dedup_speedup_vs_datasketch`` / ``dedup_speedup_vs_rensa``: end to end, our whole dedup stage
+  (Parquet in and out, exact pass, MinHash, LSH, exact verification) vs each baseline's MinHash +
+  LSH query-then-insert loop on the same normalized texts in memory, with the same word-5-gram
+  shingles, num_perm and threshold, the baseline in its fastest configuration that reuses its
+  permutations (datasketch: ``MinHash.bulk``; rensa: ``RMinHash.from_token_sets``); medians of
+  paired per-block ratios, ranges and every block's seconds in the JSON (see ``planted_dups.py``);
+  ``dedup_lsh_speedup_vs_*``: like for like, our in-memory MinHash + LSH + estimate filter vs the
+  same loops (neither verifies exactly); each baseline's recall / precision on the planted set;
+* ``datasketch_version`` / ``rensa_version`` and, in ``provenance``, the command line, dates,
+  machine (platform, CPU, load average) and library versions;
 * the full-corpus dedup stage's exact-verification seconds (``dedup_verify_seconds``);
 * ``pack_vs_tokenizers_ratio``: bare ``Tokenizer.encode_batch`` over texts already in memory
   (seconds) divided by the whole pack stage's seconds on the same documents and cores;
@@ -32,14 +38,12 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.planted_dups import planted_benchmark
+from benchmarks.provenance import now, portable_path, provenance
 from tasks.data.corpus.shards import iter_doc_batches, shard_paths
 from tasks.data.dedup import DedupConfig, dedup
 from tasks.data.ingest import IngestConfig, ingest
@@ -127,17 +132,17 @@ def input_bytes(paths: tuple[str, ...]) -> int:
     return total
 
 
-def corpus_paths(corpus: Path, quick: bool) -> tuple[str, ...]:
-    """The whole corpus directory, or its first 8 files with --quick."""
-    if not quick:
+def corpus_paths(corpus: Path, max_files: int | None) -> tuple[str, ...]:
+    """The whole corpus directory, or its first ``max_files`` files (sorted by path)."""
+    if not max_files:
         return (str(corpus),)
     files = sorted(p for p in corpus.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return tuple(str(p) for p in files[:8])
+    return tuple(str(p) for p in files[:max_files])
 
 
 def run_stages(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict[str, Artifact]]:
     """Run the four stages, each in its own process; per-stage seconds, MB/s and peak RSS."""
-    paths = corpus_paths(args.corpus, args.quick)
+    paths = corpus_paths(args.corpus, args.max_files)
     stages: dict[str, dict] = {}
     arts: dict[str, Artifact] = {}
     arts["ingest"], s, rss = in_child(run_ingest, paths, workdir)
@@ -216,28 +221,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true", help="first 8 files, small planted set")
+    parser.add_argument("--quick", action="store_true", help="first 8 files, small planted set, 3 blocks")
+    parser.add_argument(
+        "--max-files", type=int, default=None, help="only the first N corpus files (default: all; quick: 8)"
+    )
+    parser.add_argument(
+        "--blocks", type=int, default=None, help="paired timing blocks of the dedup comparison (7; quick 3)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="stage outputs (default: a temp dir)")
     parser.add_argument("--vocab-size", type=int, default=32_000)
     parser.add_argument("--check-docs", type=int, default=20_000)
     args = parser.parse_args()
+    args.max_files = args.max_files or (8 if args.quick else None)
+    started = now()
     with tempfile.TemporaryDirectory(prefix="data-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         stages, arts = run_stages(args, workdir)
         figures = pack_checks(args, arts)
         figures["pack_vs_tokenizers_ratio"] = figures["bare_encode_batch_seconds"] / stages["pack"]["seconds"]
-        figures |= planted_benchmark(arts["ingest"], workdir, quick=args.quick)
-    report = summarize(args, stages, arts, figures)
+        figures |= planted_benchmark(arts["ingest"], workdir, quick=args.quick, blocks=args.blocks)
+    report = summarize(args, stages, arts, figures, started)
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 
 
-def summarize(args: argparse.Namespace, stages: dict, arts: dict[str, Artifact], figures: dict) -> dict:
+PACKAGES = ("numpy", "pyarrow", "tokenizers", "datasketch", "rensa")
+
+
+def summarize(
+    args: argparse.Namespace, stages: dict, arts: dict[str, Artifact], figures: dict, started: str
+) -> dict:
     return {
-        "command": " ".join(sys.argv),
-        "date": date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, shared with other jobs (noisy)",
+        "provenance": provenance(PACKAGES, started),
+        "date": started[:10],
+        "corpus": portable_path(args.corpus.resolve()),
+        "corpus_files": args.max_files or "all",
         "quick": args.quick,
         "stages": stages,
         "peak_rss_gb": max(s["peak_rss_gb"] for s in stages.values()),
@@ -253,7 +272,15 @@ def print_table(report: dict) -> None:
         print(f"{name:<10} {s['seconds']:9.1f} {s['mb']:9.1f} {s['mb_per_s']:8.2f} {s['peak_rss_gb']:12.2f}")
     for key, value in report.items():
         if isinstance(value, bool | int | float) and key != "quick":
-            print(f"{key:<40} {value:.4g}" if isinstance(value, float) else f"{key:<40} {value}")
+            print(f"{key:<44} {value:.4g}" if isinstance(value, float) else f"{key:<44} {value}")
+    print(f"\n{'dedup on the planted set':<30} {'seconds':>8} {'recall':>7} {'prec.':>7} {'ours x':>14}")
+    for name, row in report["dedup_ours"].items():
+        print(f"{name:<30} {row['seconds']['median']:8.2f} {row['recall']:7.3f} {row['precision']:7.3f}")
+    for name, row in report["dedup_baselines"].items():
+        x = row["speedup_of_ours_stage"]
+        ratio = f"{x['median']:.2f} ({x['min']:.2f}-{x['max']:.2f})"
+        quality = f"{row['recall']:7.3f} {row['precision']:7.3f}"
+        print(f"{name:<30} {row['seconds']['median']:8.2f} {quality} {ratio:>14}")
 
 
 if __name__ == "__main__":

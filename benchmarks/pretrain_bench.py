@@ -11,20 +11,32 @@ attention (``attn_implementation="sdpa"``) and its standard MLM head (vocabulary
 every position); ours computes them at the masked positions only and fuses the q/k/v
 projections: those are the differences being measured.
 
+Several settings (``--vocab 8192 30522 --precision fp32 bf16``: every combination) run in one
+process with their blocks interleaved -- repeat r runs one (ours, HF) pair of every setting, in
+an order rotated from repeat to repeat -- so the machine's load drifts over all settings alike.
+In bf16 both models run the same ``torch.autocast(bfloat16)`` step (weights and optimizer fp32);
+the JSON records the output dtypes of every ``nn.Linear`` of both models in one autocast
+forward as the check that they really ran at the same precision. The JSON also keeps every
+block's tokens/s, so each median and ratio can be recomputed, plus the command line, dates,
+machine and library versions.
+
 MFU = our achieved model FLOP/s / peak (see tasks/engine/flops.py for the FLOP count and the
 CPU peak estimate; pass --peak-tflops for a figure you trust).
 
-    python benchmarks/pretrain_bench.py --shape mini --device cpu --quick --out bench.json
+    python benchmarks/pretrain_bench.py --shape mini --device cpu --vocab 8192 30522 \
+        --precision fp32 bf16 --out benchmarks/results/pretrain_bench.json   # --quick: a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +44,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.provenance import now, provenance
 from models.config import SIZES, EncoderConfig
 from models.pretraining import BertForMaskedLM
 from tasks.engine.flops import default_peak_flops, flops_estimator
@@ -50,29 +63,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--batch", type=int, default=None, help="rows per step (32 CPU, 128 CUDA; quick / 4)")
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--vocab", type=int, default=30522, help="vocabulary size (BERT's by default)")
     parser.add_argument(
-        "--precision", choices=["fp32", "bf16"], default=None, help="default fp32 CPU, bf16 CUDA"
+        "--vocab", type=int, nargs="+", default=[30522], help="vocabulary size(s) (BERT's by default)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed blocks per model (default 7; quick 2)"
+        "--precision", choices=["fp32", "bf16"], nargs="+", default=None, help="default fp32 CPU, bf16 CUDA"
     )
-    parser.add_argument("--steps", type=int, default=None, help="steps per block (default 5; quick 2)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed blocks per model and setting (default 15; quick 2)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="train steps per block (default 2)")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per model (default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for MFU")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser.parse_args(argv)
 
 
-def make_models(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module]:
+def make_models(args: argparse.Namespace, vocab: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
     """Our model and HF's, same shape and vocabulary, BERT init (dropout 0.1 as in pre-training)."""
     from transformers import BertConfig
     from transformers import BertForMaskedLM as HFBertForMaskedLM
 
     shape = SIZES[args.shape]
     torch.manual_seed(0)
-    ours = BertForMaskedLM(EncoderConfig(vocab_size=args.vocab, max_position=512, **shape))
+    ours = BertForMaskedLM(EncoderConfig(vocab_size=vocab, max_position=512, **shape))
     hf_config = BertConfig(
-        vocab_size=args.vocab,
+        vocab_size=vocab,
         hidden_size=shape["hidden_size"],
         num_hidden_layers=shape["num_layers"],
         num_attention_heads=shape["num_heads"],
@@ -83,16 +99,16 @@ def make_models(args: argparse.Namespace, device: torch.device) -> tuple[nn.Modu
     return ours.to(device).train(), hf.to(device).train()
 
 
-def make_batches(args: argparse.Namespace, n: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
+def make_batches(
+    args: argparse.Namespace, vocab: int, n: int, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
     """Full rows ([CLS] tokens ... [SEP], no padding, like packed data) with fresh 15% masks each."""
     gen = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(n):
-        ids = torch.randint(len(SPECIALS), args.vocab, (args.batch, args.seq_len), generator=gen)
+        ids = torch.randint(len(SPECIALS), vocab, (args.batch, args.seq_len), generator=gen)
         ids[:, 0], ids[:, -1] = 2, 3
-        masked, labels = mask_tokens(
-            ids, generator=gen, mask_id=4, vocab_size=args.vocab, special_ids=SPECIALS
-        )
+        masked, labels = mask_tokens(ids, generator=gen, mask_id=4, vocab_size=vocab, special_ids=SPECIALS)
         batch = {"input_ids": masked, "attention_mask": torch.ones_like(ids), "labels": labels}
         batch["token_type_ids"] = torch.zeros_like(ids)
         batches.append({k: v.to(device) for k, v in batch.items()})
@@ -133,72 +149,159 @@ def timed_block(step: Callable, batches: list, steps: int, device: torch.device)
     return time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> dict:
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    ours, hf = make_models(args, device)
-    batches = make_batches(args, 4, device)
+def linear_output_dtypes(
+    model: nn.Module, loss_of: Callable, batch: dict, precision: str, device: torch.device
+) -> dict[str, int]:
+    """How many ``nn.Linear`` calls of one autocast forward returned each dtype (the precision check)."""
+    seen: dict[str, int] = {}
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen[str(output.dtype)] = seen.get(str(output.dtype), 0) + 1
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss_of(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@dataclass
+class Setting:
+    """One (vocabulary, precision) setting: both models, their batches and their train steps."""
+
+    vocab: int
+    precision: str
+    ours: nn.Module
+    hf: nn.Module
+    batches: list
+    steps: dict[str, Callable]
+
+    @property
+    def name(self) -> str:
+        return f"vocab{self.vocab}_{self.precision}"
+
+
+def build_setting(args: argparse.Namespace, vocab: int, precision: str, device: torch.device) -> Setting:
+    ours, hf = make_models(args, vocab, device)
     steps = {
-        "ours": step_fn(ours, ours_loss, args.precision, device),
-        "hf": step_fn(hf, hf_loss, args.precision, device),
+        "ours": step_fn(ours, ours_loss, precision, device),
+        "hf": step_fn(hf, hf_loss, precision, device),
     }
-    for name in steps:  # warm-up: allocator, kernels, autotuning
-        timed_block(steps[name], batches, 2, device)
-    rates: dict[str, list[float]] = {"ours": [], "hf": []}
-    tokens = args.batch * args.seq_len * args.steps
-    for r in range(args.repeats):
-        order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")  # alternate who goes first
-        for name in order:
-            rates[name].append(tokens / timed_block(steps[name], batches, args.steps, device))
+    return Setting(vocab, precision, ours, hf, make_batches(args, vocab, 4, device), steps)
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize_setting(
+    args: argparse.Namespace, s: Setting, rates: dict[str, list[float]], device: torch.device
+) -> dict:
     tokens_per_s, hf_tokens_per_s = statistics.median(rates["ours"]), statistics.median(rates["hf"])
     # adjacent blocks share the machine's load at that moment: their ratio is the robust figure
     paired = [o / h for o, h in zip(rates["ours"], rates["hf"], strict=True)]
-    flops_per_token = flops_estimator(ours)(batches[0]) / (args.batch * args.seq_len)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else default_peak_flops(device, args.precision)
+    flops_per_token = flops_estimator(s.ours)(s.batches[0]) / (args.batch * args.seq_len)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else default_peak_flops(device, s.precision)
     return {
-        "shape": args.shape,
-        "batch": args.batch,
-        "seq_len": args.seq_len,
-        "vocab": args.vocab,
-        "precision": args.precision,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu x{torch.get_num_threads()}",
-        "torch": torch.__version__,
-        "quick": args.quick,
-        "repeats": args.repeats,
-        "steps_per_repeat": args.steps,
+        "setting": s.name,
+        "vocab": s.vocab,
+        "precision": s.precision,
+        "autocast": "torch.autocast(bfloat16) around forward + loss, both models"
+        if s.precision == "bf16"
+        else "none (fp32)",
+        "linear_output_dtypes": {
+            "ours": linear_output_dtypes(s.ours, ours_loss, s.batches[0], s.precision, device),
+            "hf": linear_output_dtypes(s.hf, hf_loss, s.batches[0], s.precision, device),
+        },
+        "parameters": {
+            "ours": sum(p.numel() for p in s.ours.parameters()),
+            "hf": sum(p.numel() for p in s.hf.parameters()),
+        },
         "tokens_per_s": tokens_per_s,
+        "tokens_per_s_range": [min(rates["ours"]), max(rates["ours"])],
         "hf_tokens_per_s": hf_tokens_per_s,
+        "hf_tokens_per_s_range": [min(rates["hf"]), max(rates["hf"])],
         "speedup": statistics.median(paired),
+        "speedup_range": [min(paired), max(paired)],
         "speedup_of_medians": tokens_per_s / hf_tokens_per_s,
         "paired_speedups": paired,
         "mfu": tokens_per_s * flops_per_token / peak if peak else None,
         "hf_mfu": hf_tokens_per_s * flops_per_token / peak if peak else None,
         "peak_flops": peak,
+        "flops_per_token": flops_per_token,
         "all_tokens_per_s": rates,
     }
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = [build_setting(args, v, p, device) for v, p in itertools.product(args.vocab, args.precision)]
+    for s in settings:  # warm-up: allocator, kernels, autotuning
+        for name in s.steps:
+            timed_block(s.steps[name], s.batches, args.warmup_steps, device)
+    rates = {s.name: {"ours": [], "hf": []} for s in settings}
+    orders = []
+    tokens = args.batch * args.seq_len * args.steps
+    for r in range(args.repeats):
+        k = r % len(settings)
+        order = settings[k:] + settings[:k]  # rotate which setting goes first
+        models = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")  # alternate who goes first
+        orders.append([f"{s.name}/{m}" for s in order for m in models])
+        for s in order:
+            for name in models:
+                rates[s.name][name].append(tokens / timed_block(s.steps[name], s.batches, args.steps, device))
+    return {
+        "shape": args.shape,
+        "shape_config": SIZES[args.shape],
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu x{torch.get_num_threads()}",
+        "torch_threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "repeats": args.repeats,
+        "steps_per_repeat": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "tokens_per_block": tokens,
+        "block_order": orders,
+        "settings": [summarize_setting(args, s, rates[s.name], device) for s in settings],
+    }
+
+
+PACKAGES = ("torch", "transformers", "numpy")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.batch = args.batch or (128 if args.device == "cuda" else 32) // (4 if args.quick else 1)
-    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    args.precision = args.precision or ["bf16" if args.device == "cuda" else "fp32"]
     args.repeats = args.repeats or (2 if args.quick else 15)
     args.steps = args.steps or 2
+    started = now()
     result = run(args)
+    result = {"provenance": provenance(PACKAGES, started), "date": started[:10], **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    mfu = f"{result['mfu']:.3f}" if result["mfu"] is not None else "n/a"
-    print(f"{'model':<24}{'tokens/s':>12}{'MFU':>8}")
-    print(f"{'bertflow':<24}{result['tokens_per_s']:>12.0f}{mfu:>8}")
-    hf_mfu = f"{result['hf_mfu']:.3f}" if result["hf_mfu"] is not None else "n/a"
-    print(f"{'transformers (sdpa)':<24}{result['hf_tokens_per_s']:>12.0f}{hf_mfu:>8}")
     print(
-        f"speedup {result['speedup']:.2f}x  ({result['shape']}, batch {result['batch']}, "
-        f"seq {result['seq_len']}, {result['precision']}, {result['device']}, torch {result['torch']})"
+        f"{result['shape']}, batch {result['batch']}, seq {result['seq_len']}, {result['device']}, "
+        f"torch {result['provenance']['versions']['torch']}, {result['repeats']} paired blocks"
     )
+    print(f"{'setting':<20}{'ours tok/s':>12}{'HF tok/s':>10}{'speedup (range)':>22}{'MFU':>7}{'HF MFU':>8}")
+    for r in result["settings"]:
+        mfu = f"{r['mfu']:.3f}" if r["mfu"] is not None else "n/a"
+        hf_mfu = f"{r['hf_mfu']:.3f}" if r["hf_mfu"] is not None else "n/a"
+        lo, hi = r["speedup_range"]
+        speedup = f"{r['speedup']:.2f}x ({lo:.2f}-{hi:.2f})"
+        print(
+            f"{r['setting']:<20}{r['tokens_per_s']:>12.0f}{r['hf_tokens_per_s']:>10.0f}"
+            f"{speedup:>22}{mfu:>7}{hf_mfu:>8}"
+        )
 
 
 if __name__ == "__main__":
