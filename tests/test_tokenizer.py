@@ -149,3 +149,33 @@ def test_vocab_padded_to_multiple_of_64_with_unused_tokens(tmp_path: Path, algor
     if algorithm != "unigram":  # (a unigram vocabulary entry can match a literal "[unused0]")
         assert max(tok.encode("[unused0] [unused1]").ids) < trained
     assert pad_vocab(tok, 64).get_vocab_size() == size
+
+
+TRAIN_IN_A_FRESH_PROCESS = """
+import sys
+from pathlib import Path
+from tasks.data.tokenizer import TokenizerConfig, train_tokenizer
+from tasks.store.artifact import Artifact
+docs = Artifact(stage="dedup", fingerprint="docs", path=sys.argv[1])
+cfg = TokenizerConfig(vocab_size=int(sys.argv[3]), min_frequency=1, algorithm=sys.argv[4])
+print((train_tokenizer(cfg, docs, workdir=sys.argv[2]).dir / "tokenizer.json").read_text())
+"""
+
+
+@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe"])
+def test_same_corpus_same_vocabulary_in_every_process(tmp_path: Path, algorithm: str) -> None:
+    """The tokenizers trainer orders merges of equal count by hash-map order, which changes per process
+    (huggingface/tokenizers#1794); our training must not: a re-run after a crash gets the same tokenizer."""
+    import subprocess
+    import sys
+
+    docs = corpus(tmp_path, n_docs=200)
+    runs = [
+        subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS, docs.path, str(tmp_path / f"w{i}"),
+                        "120", algorithm], capture_output=True, text=True, check=True).stdout
+        for i in range(4)
+    ]  # fmt: skip
+    assert len(set(runs)) == 1
+    saved = json.loads(runs[0])
+    assert len(saved["model"]["vocab"]) >= 120
+    assert all(not t["content"].startswith("##") for t in saved["added_tokens"])  # ordinary pieces

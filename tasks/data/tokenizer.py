@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tasks.data.corpus.shards import count_docs, iter_doc_batches
-from tasks.sink import MetricSink
+from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
 from tasks.store.stage import Job, Stage
 
@@ -79,7 +80,10 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
     sink = job.sink
     total = count_docs(docs.dir) if cfg.max_docs is None else min(cfg.max_docs, count_docs(docs.dir))
     tokenizer = _new_tokenizer(cfg)
-    tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), _trainer(cfg), length=total)
+    pieces = [] if cfg.algorithm == "unigram" else continuation_pieces(cfg, tokenizer, docs.dir, total)
+    trainer = _trainer(cfg, pieces)
+    tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), trainer, length=total)
+    tokenizer = _unmark_special(tokenizer, pieces)
     _check_special_ids(tokenizer, "trained tokenizer")
     trained = tokenizer.get_vocab_size()
     tokenizer = pad_vocab(tokenizer, cfg.pad_vocab_multiple)
@@ -162,8 +166,40 @@ def _new_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
     return tokenizer
 
 
-def _trainer(cfg: TokenizerConfig) -> trainers.Trainer:
-    """Trainer that puts the special tokens first, in order, so they get ids 0..4."""
+def continuation_pieces(cfg: TokenizerConfig, tokenizer: Tokenizer, src: Path, total: int) -> list[str]:
+    """``##c`` for every character of the alphabet the trainer will keep, in a fixed order.
+
+    Why: the tokenizers WordPiece/BPE trainer creates these pieces lazily while iterating a
+    hash map of words, so their ids, and with them the tie-breaking between merges of equal
+    count, change from one process to the next (huggingface/tokenizers#1794): the same corpus
+    gave another vocabulary, and a re-run after a crash another model. Registering the pieces
+    up front, sorted, fixes their ids. The alphabet is counted on the normalized text like the
+    trainer's: the ``limit_alphabet`` most frequent characters, ties at the cut included.
+    """
+    counts: Counter[str] = Counter()
+    normalizer = tokenizer.normalizer
+    for texts in _text_batches(cfg, src, NullSink(), total):
+        for text in texts:
+            counts.update(normalizer.normalize_str(text) if normalizer is not None else text)
+    for space in [c for c in counts if c.isspace()]:
+        del counts[space]
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    cut = ranked[min(cfg.limit_alphabet, len(ranked)) - 1][1] if ranked else 0
+    return sorted(f"{_SUBWORD_PREFIX}{c}" for c, n in ranked if n >= cut)
+
+
+def _unmark_special(tokenizer: Tokenizer, pieces: list[str]) -> Tokenizer:
+    """The pieces were passed as special tokens only to fix their ids: make them ordinary vocabulary."""
+    if not pieces:
+        return tokenizer
+    data = json.loads(tokenizer.to_str())
+    keep = set(SPECIAL_TOKENS)
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in keep]
+    return Tokenizer.from_str(json.dumps(data))
+
+
+def _trainer(cfg: TokenizerConfig, pieces: Sequence[str] = ()) -> trainers.Trainer:
+    """Trainer that puts the special tokens first, in order, so they get ids 0..4, then ``pieces``."""
     specials = list(SPECIAL_TOKENS)
     if cfg.algorithm == "unigram":
         return trainers.UnigramTrainer(
@@ -174,7 +210,7 @@ def _trainer(cfg: TokenizerConfig) -> trainers.Trainer:
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
         limit_alphabet=cfg.limit_alphabet,
-        special_tokens=specials,
+        special_tokens=[*specials, *pieces],
         continuing_subword_prefix=_SUBWORD_PREFIX,
         show_progress=False,
     )

@@ -1,0 +1,67 @@
+"""How long `make test`'s pytest run takes, and what it ran: every test, skips and failures counted.
+
+    python benchmarks/test_suite.py --out benchmarks/results/test_suite.json
+
+Runs ``.venv/bin/pytest`` exactly as ``make test`` does (after ruff and import-linter, which
+take seconds), with a JUnit report to count tests by outcome, and records the wall time and
+the machine's load, so the "under 12 minutes on 2 cores" target is a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.provenance import now, provenance
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def counts(junit: Path) -> dict[str, object]:
+    """Tests by outcome, and the slowest ones, from pytest's JUnit XML."""
+    cases = list(ET.parse(junit).getroot().iter("testcase"))
+    outcome = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    for case in cases:
+        kinds = {child.tag for child in case}
+        key = next((k for k in ("failure", "error", "skipped") if k in kinds), "passed")
+        outcome[{"failure": "failed"}.get(key, key)] += 1
+    slowest = sorted(cases, key=lambda c: -float(c.get("time", 0)))[:10]
+    named = [(f"{c.get('classname')}::{c.get('name')}", float(c.get("time", 0))) for c in slowest]
+    return outcome | {"tests": len(cases), "slowest": [{"test": t, "seconds": s} for t, s in named]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = Path(tmp) / "junit.xml"
+        started_utc, started = now(), time.perf_counter()
+        load_before = os.getloadavg()
+        pytest = str(REPO / ".venv" / "bin" / "pytest")
+        code = subprocess.call([pytest, "-q", f"--junitxml={junit}"], cwd=REPO)
+        seconds = time.perf_counter() - started
+        result = {
+            "provenance": provenance(("pytest", "torch", "prefect", "mlflow"), started_utc),
+            "exit_code": code,
+            "pytest_seconds": round(seconds, 1),
+            "load_average_before_1_5_15": load_before,
+            "load_average_after_1_5_15": os.getloadavg(),
+            **counts(junit),
+        }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("slowest", "provenance")}, indent=1))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
