@@ -195,44 +195,51 @@ def reference(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> tup
     return results(workdir), seconds
 
 
-def test_kill_9_inside_every_stage_then_rerun(tmp_path: Path, prefect_api: str, reference, tally) -> None:
-    expected, seconds = reference
+@pytest.fixture(scope="module")
+def killed_in_turn(tmp_path_factory: pytest.TempPathFactory, prefect_api: str, reference, tally) -> tuple:
+    """One workdir, one run after another, each ``kill -9``-ed at a random point inside the next stage."""
+    workdir = tmp_path_factory.mktemp("killed")
+    _, seconds = reference
     rng = random.Random(0)
     killed = []
     for stage in STAGES:
         for attempt in range(6):
-            proc = launch(tmp_path, prefect_api)
-            delay = rng.uniform(0.0, 0.7) * seconds[stage] / 2**attempt
-            landed = kill_inside(proc, tmp_path, stage, delay)
+            proc = launch(workdir, prefect_api)
+            delay = rng.uniform(0.0, 0.5) * seconds[stage] / 2**attempt
+            landed = kill_inside(proc, workdir, stage, delay)
             tally.add("kill -9")
             if landed:
                 killed.append(stage)
                 break
             for later in STAGES[STAGES.index(stage) :]:  # it finished first: the next run rebuilds from here
-                for done in finished(tmp_path, later):
+                for done in finished(workdir, later):
                     (done / "manifest.json").unlink()
-    code, _, err = finish(launch(tmp_path, prefect_api))
+    code, _, err = finish(launch(workdir, prefect_api))
+    return workdir, killed, code, err
+
+
+def test_kill_9_inside_every_stage_then_rerun(killed_in_turn, reference, tally) -> None:
+    workdir, killed, code, err = killed_in_turn
     assert code == 0, err[-3000:]
     assert killed == list(STAGES)
-    check_recovered(tally, tmp_path, expected)
+    check_recovered(tally, workdir, reference[0])
 
 
-def test_truncated_and_flipped_files_are_rebuilt(tmp_path: Path, prefect_api: str, reference, tally) -> None:
-    expected, _ = reference
-    assert finish(launch(tmp_path, prefect_api))[0] == 0
-    (packed,) = finished(tmp_path, "pack")
+def test_truncated_and_flipped_files_are_rebuilt(killed_in_turn, prefect_api: str, reference, tally) -> None:
+    workdir = killed_in_turn[0]
+    (packed,) = finished(workdir, "pack")
     train = packed / "train.bin"
     train.write_bytes(train.read_bytes()[: train.stat().st_size // 2])  # truncated
-    (tok,) = finished(tmp_path, "tokenizer")
+    (tok,) = finished(workdir, "tokenizer")
     data = bytearray((tok / "tokenizer.json").read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     (tok / "tokenizer.json").write_bytes(bytes(data))
     tally.add("truncated file")
     tally.add("flipped byte")
-    code, _, err = finish(launch(tmp_path, prefect_api))
+    code, _, err = finish(launch(workdir, prefect_api))
     assert code == 0, err[-3000:]
     assert "train.bin:" in err and "tokenizer.json: content differs" in err and "rebuilding" in err
-    check_recovered(tally, tmp_path, expected)
+    check_recovered(tally, workdir, reference[0])
 
 
 def test_tracking_server_stopped_mid_run_then_restarted(

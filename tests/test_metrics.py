@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from tasks.downstream.metrics.glue import GlueMetric, glue_average, glue_average_name
+from tasks.downstream.metrics.average import glue_average, glue_average_name
+from tasks.downstream.metrics.glue import GlueMetric
 from tasks.downstream.metrics.squad import SquadMetric, normalize_answer, token_f1
 
 

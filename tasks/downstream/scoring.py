@@ -24,8 +24,6 @@ from models.io import load_multitask
 from models.multitask import MultiTaskModel
 from tasks.downstream.features import Features, SpanFeatures, collate, encode_examples, read_examples
 from tasks.downstream.glue import GlueExample
-from tasks.downstream.metrics.glue import GlueMetric
-from tasks.downstream.metrics.squad import SquadMetric, SquadV2Metric
 from tasks.downstream.modelset import member_dir
 from tasks.downstream.spans import best_spans
 from tasks.downstream.squad import SquadExample
@@ -101,6 +99,8 @@ def score_glue(
         preds: list[int | float] = [int(np.argmax(o)) for o in outputs]
     else:
         preds = [float(o) for o in outputs]
+    from tasks.downstream.metrics.glue import GlueMetric  # imports `evaluate` (~3 s): only when scoring
+
     scores = GlueMetric(spec.name).compute(predictions=preds, references=[e.label for e in examples])
     suffix = f"_{split.suffix}" if split.suffix else ""
     rows = [
@@ -134,6 +134,8 @@ def score_squad(
     `cfg.no_answer_threshold` the prediction is ""; the metric also tunes that threshold
     on this dev set (best_exact / best_f1 and their thresholds).
     """
+    from tasks.downstream.metrics.squad import SquadMetric, SquadV2Metric  # `evaluate`: see score_glue
+
     windows: dict[int, list[int]] = defaultdict(list)
     for i, feature in enumerate(features):
         windows[feature.example_index].append(i)

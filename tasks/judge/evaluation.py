@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from tasks.downstream.features import task_file
-from tasks.downstream.metrics.glue import glue_average, glue_average_name
+from tasks.downstream.metrics.average import glue_average, glue_average_name
 from tasks.downstream.modelset import median_seed, seed_sets
 from tasks.downstream.scoring import ScoringConfig, evaluate_model_set
 from tasks.downstream.tasks import TASKS, check_task_names, get_task

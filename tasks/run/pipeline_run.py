@@ -24,6 +24,7 @@ from tasks.run.context import StageContext
 from tasks.run.contract import run_tags
 from tasks.run.prefect_io import in_prefect_run
 from tasks.store.artifact import Artifact
+from tasks.store.locks import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,11 @@ def pipeline_session(config: PipelineConfig, workdir: Path) -> Iterator[StageCon
     workdir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(config, workdir)
     tracker = Tracker(uri)
-    tracker.check_reachable()
     artifact_root = workdir / "mlartifacts" if uri.startswith("sqlite:") else None
-    experiment_id = tracker.experiment(config.tracking.experiment, artifact_root)
-    close_orphans(tracker, experiment_id, str(workdir), is_alive)
+    with workdir_lock(workdir, "tracking-setup"):  # two runs must not create one SQLite store at once
+        tracker.check_reachable()
+        experiment_id = tracker.experiment(config.tracking.experiment, artifact_root)
+        close_orphans(tracker, experiment_id, str(workdir), is_alive)
     flow_run_id = str(runtime.flow_run.id) if in_prefect_run() else ""
     ctx = StageContext(workdir=str(workdir), tracking_uri=uri, experiment_id=experiment_id, parent_run_id="")
     tags = {"bertflow.preset": config.preset, "prefect.flow_run_id": flow_run_id or "none", **run_tags(ctx)}
