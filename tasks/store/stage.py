@@ -127,9 +127,11 @@ class Stage:
         check_replaceable(final)  # a foreign directory in the way: refuse before doing any work
         tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         mark_owned(tmp, self.name)
+        started = time.perf_counter()
         try:
             summary = dict(self.build(cfg, *inputs, out=tmp, job=job))
             record = {
+                "build_seconds": round(time.perf_counter() - started, 3),
                 "stage": self.name,
                 "fingerprint": job.fingerprint,
                 "key": key,
