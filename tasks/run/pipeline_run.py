@@ -49,9 +49,11 @@ def pipeline_session(config: PipelineConfig, workdir: Path) -> Iterator[StageCon
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(config, workdir)
-    tracker = Tracker(uri)
     artifact_root = workdir / "mlartifacts" if uri.startswith("sqlite:") else None
-    with workdir_lock(workdir, "tracking-setup"):  # two runs must not create one SQLite store at once
+    # Two runs must not create one SQLite store at once: MlflowClient runs the store's schema
+    # migrations when it is constructed, so the Tracker is made under the lock too.
+    with workdir_lock(workdir, "tracking-setup"):
+        tracker = Tracker(uri)
         tracker.check_reachable()
         experiment_id = tracker.experiment(config.tracking.experiment, artifact_root)
         close_orphans(tracker, experiment_id, str(workdir), is_alive)
