@@ -176,25 +176,32 @@ def test_sst2_label_is_polarity_of_sentiment_words(demo: Path) -> None:
 
 
 def test_cue_words_next_to_class_words_reveal_every_class(demo: Path) -> None:
-    """The first-order signal masked-LM needs: counting which cue word shares a sentence with a made-up
-    word recovers its class for every sentiment adjective and every noun (held-out ones included)."""
+    """The first-order signal masked-LM needs: counting which cue word of its kind shares a sentence with
+    a made-up word recovers its class, for every sentiment adjective (among the moods) and every noun
+    (among the hypernyms), held-out words included. A noun also meets moods, at random polarity: that
+    is noise of the other kind, not a rival class."""
     classes = lexicon(demo)
-    cue_of = {m: pol for pol, moods in MOODS.items() for m in moods}
     nouns = sorted(name for name in classes if name.startswith("noun"))
-    cue_of |= {NOUN_HYPERNYMS[i]: name for i, name in enumerate(nouns)}
-    counts: dict[str, dict[str, int]] = {}
+    families = {
+        "sentiment": {m: pol for pol, moods in MOODS.items() for m in moods},
+        "noun": {NOUN_HYPERNYMS[i]: name for i, name in enumerate(nouns)},
+    }
+    counts: dict[str, dict[str, dict[str, int]]] = {family: {} for family in families}
     for path in (demo / "corpus").glob("part-*.jsonl"):
         for line in path.open(encoding="utf-8"):
             for sentence in json.loads(line)["text"].split(" . "):
                 tokens = sentence.split()
-                cues = [cue_of[t] for t in tokens if t in cue_of]
-                for word in tokens:
-                    for cue in cues:
-                        counts.setdefault(word, {}).setdefault(cue, 0)
-                        counts[word][cue] += 1
-    for name in ("positive", "negative", *nouns):
-        for word in classes[name]["visible"] + classes[name]["heldout"]:
-            assert max(counts[word], key=counts[word].get) == name, (word, counts[word])
+                for family, cue_of in families.items():
+                    cues = [cue_of[t] for t in tokens if t in cue_of]
+                    for word in tokens:
+                        for cue in cues:
+                            per_word = counts[family].setdefault(word, {})
+                            per_word[cue] = per_word.get(cue, 0) + 1
+    for family, names in (("sentiment", ("positive", "negative")), ("noun", nouns)):
+        for name in names:
+            for word in classes[name]["visible"] + classes[name]["heldout"]:
+                seen = counts[family][word]
+                assert max(seen, key=seen.get) == name, (word, seen)
 
 
 def test_split_draw_respects_parts() -> None:
@@ -224,11 +231,14 @@ def test_bad_knobs_raise(tmp_path: Path, kwargs: dict, match: str) -> None:
         generate_demo_data(tmp_path, **({"n_corpus_docs": 50, "n_train": 5, "n_dev": 5} | kwargs))
 
 
-def doc_cooccurrence_vectors(corpus_dir: Path, k: int = 32) -> dict[str, np.ndarray]:
-    """PPMI of same-document co-occurrence, reduced by SVD: a non-neural stand-in for pre-training."""
-    docs = [json.loads(line)["text"].split() for p in corpus_dir.glob("part-*.jsonl") for line in p.open()]
+def sentence_cooccurrence_vectors(corpus_dir: Path, k: int = 32) -> dict[str, np.ndarray]:
+    """PPMI of same-sentence co-occurrence, reduced by SVD: a non-neural stand-in for pre-training.
+
+    Sentences, not documents: polarity is drawn per sentence, so a document mixes both moods."""
+    texts = [json.loads(line)["text"] for p in corpus_dir.glob("part-*.jsonl") for line in p.open()]
+    docs = [sentence.split() for text in texts for sentence in text.split(" . ")]
     vocab = {w: i for i, w in enumerate(sorted({w for d in docs for w in d}))}
-    counts = np.zeros((len(vocab), len(vocab)))  # (V, V) documents holding both words
+    counts = np.zeros((len(vocab), len(vocab)))  # (V, V) sentences holding both words
     for doc in docs:
         ids = np.array(sorted({vocab[w] for w in doc}))
         counts[np.ix_(ids, ids)] += 1
@@ -245,7 +255,7 @@ def test_corpus_carries_the_signal_the_train_set_lacks(tmp_path: Path) -> None:
     from sklearn.linear_model import LogisticRegression
 
     generate_demo_data(tmp_path, seed=3, n_corpus_docs=1500, n_train=300, n_dev=200)
-    vectors = doc_cooccurrence_vectors(tmp_path / "corpus")
+    vectors = sentence_cooccurrence_vectors(tmp_path / "corpus")
     train, dev = (read_tsv(tmp_path / f"data/glue/SST-2/{s}.tsv")[1] for s in ("train", "dev"))
     y_train, y_dev = [int(r[1]) for r in train], [int(r[1]) for r in dev]
 

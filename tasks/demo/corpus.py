@@ -1,9 +1,12 @@
 """The pre-training corpus: topical documents of cue sentences, planted duplicates, JSONL shards.
 
 Each document draws a latent topic (two noun clusters with their usual verbs, a cast of names,
-a home place, a polarity) and fills corpus templates from it, so most sentences put a made-up
-word right next to the English cue word of its class. Exact and near duplicates are planted at
-random places, and reported in ``planted.json``, so the dedup stage has known pairs to find.
+a home place) and fills corpus templates from it, so most sentences put a made-up word right
+next to the English cue word of its class. Polarity is drawn per sentence, not per document:
+with one mood for a whole document, masked-LM learnt to copy 'happy' from the document's other
+sentences and never tied a sentiment word to its mood, so nothing reached the held-out words.
+Exact and near duplicates are planted at random places, and reported in ``planted.json``, so the
+dedup stage has known pairs to find.
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ from tasks.demo.lexicon import (
 )
 
 CUE_SHARE = 0.7  # share of corpus sentences drawn from CUE_TEMPLATES (the rest: any template)
+# Of the cue sentences, the share drawn from those that put a mood word next to a sentiment word
+# (the rest from all cue templates). Measured with the tiny preset: at 0.25, 1,000 steps taught
+# two seeds of five what the held-out sentiment words mean; at 0.6 with 1,500 steps, all five.
+MOOD_SHARE = 0.6
+MOOD_TEMPLATES = tuple(t for t in CUE_TEMPLATES if "{mood}" in t)
 
 
 @dataclass(frozen=True)
 class DocTopic:
-    """A document's latent state: what it is about and its mood, shared by all its sentences."""
+    """A document's latent state: what it is about, shared by all its sentences."""
 
-    polarity: WordClass
     nouns: tuple[WordClass, WordClass]
     verbs: tuple[WordClass, WordClass]
     cast: tuple[str, ...]
@@ -48,13 +55,14 @@ def draw_topic(lex: Lexicon, rng: np.random.Generator) -> DocTopic:
     corpus = Split("corpus")
     a, b = (int(i) for i in rng.choice(len(lex.nouns), size=2, replace=False))
     cast = tuple(str(w) for w in rng.choice(lex.names.words, size=3, replace=False))
-    polarity = lex.pos if rng.random() < 0.5 else lex.neg
     verbs = (lex.verbs[lex.noun_verb[a]], lex.verbs[lex.noun_verb[b]])
-    return DocTopic(polarity, (lex.nouns[a], lex.nouns[b]), verbs, cast, corpus.draw(lex.places, rng))
+    return DocTopic((lex.nouns[a], lex.nouns[b]), verbs, cast, corpus.draw(lex.places, rng))
 
 
-def corpus_slot_class(slot: str, topic: DocTopic, lex: Lexicon, rng: np.random.Generator) -> WordClass:
-    """The class a corpus slot draws from: topical nouns/verbs, the document's polarity, any color..."""
+def corpus_slot_class(
+    slot: str, topic: DocTopic, polarity: WordClass, lex: Lexicon, rng: np.random.Generator
+) -> WordClass:
+    """The class a corpus slot draws from: topical nouns/verbs, the sentence's polarity, any color..."""
     kind, second = slot_kind(slot), slot != slot_kind(slot)
     if kind == "noun":
         return topic.nouns[int(second)]
@@ -63,7 +71,7 @@ def corpus_slot_class(slot: str, topic: DocTopic, lex: Lexicon, rng: np.random.G
             topic.verbs[int(second)] if rng.random() < 0.8 else lex.verbs[int(rng.integers(len(lex.verbs)))]
         )
     if kind == "sent":
-        return topic.polarity
+        return polarity
     if kind == "nv":
         return WordClass("neutral-verbs", NEUTRAL_VERBS, ())
     return {"place": lex.places, "color": lex.colors, "number": lex.numbers}[kind]
@@ -72,10 +80,12 @@ def corpus_slot_class(slot: str, topic: DocTopic, lex: Lexicon, rng: np.random.G
 DERIVED_KINDS = ("mood", "hyper", "vhyper", "syn")  # filled from other slots, after them
 
 
-def derived_word(slot: str, filled: Filled, topic: DocTopic, lex: Lexicon, rng: np.random.Generator) -> str:
+def derived_word(
+    slot: str, filled: Filled, polarity: WordClass, lex: Lexicon, rng: np.random.Generator
+) -> str:
     """A cue word agreeing with the sentence: its mood, its noun's or verb's hypernym, a synonym."""
     if slot == "mood":
-        moods = MOODS[topic.polarity.name]
+        moods = MOODS[polarity.name]
         return moods[int(rng.integers(len(moods)))]
     if slot == "syn":
         cluster, word = filled["noun"]
@@ -91,6 +101,7 @@ def fill_corpus_sentence(template: str, topic: DocTopic, lex: Lexicon, rng: np.r
     filled last, from the words they must agree with.
     """
     corpus, filled, used = Split("corpus"), {}, set()
+    polarity = lex.pos if rng.random() < 0.5 else lex.neg
     cast = [str(w) for w in rng.permutation(topic.cast)]
     slots = list(dict.fromkeys(slot_names(template)))
     for slot in [s for s in slots if s not in DERIVED_KINDS]:
@@ -99,12 +110,12 @@ def fill_corpus_sentence(template: str, topic: DocTopic, lex: Lexicon, rng: np.r
         elif slot == "place" and rng.random() < 0.6:
             word, wc = topic.home, lex.places
         else:
-            wc = corpus_slot_class(slot, topic, lex, rng)
+            wc = corpus_slot_class(slot, topic, polarity, lex, rng)
             word = corpus.draw(wc, rng, frozenset(used))
         filled[slot] = (wc, word)
         used.add(word)
     for slot in [s for s in slots if s in DERIVED_KINDS]:
-        word = derived_word(slot, filled, topic, lex, rng)
+        word = derived_word(slot, filled, polarity, lex, rng)
         cue_class = filled["noun"][0] if slot == "syn" else WordClass(slot, (word,), ())
         filled[slot] = (cue_class, word)
     return filled
@@ -120,13 +131,20 @@ def restate_with_synonyms(filled: Filled, rng: np.random.Generator) -> dict[str,
     return out
 
 
+def corpus_pool(draw: float) -> tuple[str, ...]:
+    """The templates a corpus sentence is drawn from, for a uniform ``draw`` in [0, 1)."""
+    if draw < CUE_SHARE * MOOD_SHARE:
+        return MOOD_TEMPLATES
+    return CUE_TEMPLATES if draw < CUE_SHARE else CORPUS_TEMPLATES
+
+
 def corpus_document(lex: Lexicon, rng: np.random.Generator, restate_prob: float) -> str:
     """A topical document of 6-12 short sentences, most of them putting a class word next to its cue
     word, sometimes restating a sentence 'in other words'."""
     topic = draw_topic(lex, rng)
     sentences = []
     for _ in range(int(rng.integers(6, 13))):
-        pool = CUE_TEMPLATES if rng.random() < CUE_SHARE else CORPUS_TEMPLATES
+        pool = corpus_pool(rng.random())
         template = pool[int(rng.integers(len(pool)))]
         filled = fill_corpus_sentence(template, topic, lex, rng)
         sentences.append(render(template, {s: w for s, (_, w) in filled.items()}))

@@ -45,7 +45,9 @@ FAST = {  # a tiny preset shrunk to seconds per stage, set through the deploymen
         "pretrain.eval_batches=2",
         "pretrain.train.checkpoint_every=10",
         "finetune.batch_size=8",
-        'pretrain.shape.norm="post"',  # original BERT layout, so the registered model exports to transformers
+        # the original BERT layout (post-LN, learned positions): the registered model exports to transformers
+        'pretrain.shape.norm="post"',
+        'pretrain.shape.positions="learned"',
     ],
 }
 PG_ADMIN = os.environ.get("BERTFLOW_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
