@@ -1,6 +1,8 @@
-"""Test-wide settings: offline, quiet, and Prefect's home in a throwaway directory.
+"""Test-wide settings: offline, quiet, and Prefect's home in a throwaway directory per process.
 
-Set before any test module imports Prefect or MLflow, which read them at import time.
+Set before any test module imports Prefect or MLflow, which read them at import time. The suite
+runs in two pytest-xdist workers (``addopts`` in pyproject.toml): each worker gets its own Prefect
+home, so their ephemeral Prefect APIs never share one SQLite database.
 Under ``CI=true`` a skipped end-to-end or browser test fails the run: CI must run them all.
 """
 
@@ -14,7 +16,7 @@ import pytest
 from tasks.run import offline
 
 offline.apply()
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bertflow-prefect-"))
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="bertflow-prefect-")
 
 SKIPPED_E2E: list[str] = []
 

@@ -81,7 +81,7 @@ def test_non_finite_loss_marks_failed(ctx: StageContext) -> None:
 
 
 def test_sigterm_interrupt_marks_killed(ctx: StageContext) -> None:
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted, match=r"at step 3"):
         run_stage(Stage("terminated", terminate), Cfg(), [], ctx)
     assert child(ctx, "terminated").info.status == "KILLED"
 

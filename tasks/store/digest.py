@@ -119,20 +119,45 @@ def import_closure(
 
 
 def _source_file(module: str) -> Path | None:
+    """The ``.py`` file of a module, found on disk below its top-level package, without importing it.
+
+    (``importlib.util.find_spec("a.b")`` imports ``a`` first; walking the folders does not, so a
+    digest never pays for importing code it only reads.) None for a name that is no module, such
+    as the function in ``from a import f``.
+    """
     if module == "__main__":  # a stage declared in a script run directly
         main = getattr(sys.modules.get("__main__"), "__file__", None)
         return Path(main) if main and main.endswith(".py") else None
+    root, *parts = module.split(".")
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(root)
     except (ImportError, ValueError):
         return None
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+    if spec is None:
         return None
-    return Path(spec.origin)
+    if not parts:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    for base in spec.submodule_search_locations or ():
+        folder = Path(base).joinpath(*parts)
+        for candidate in (folder / "__init__.py", folder.with_suffix(".py")):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
-def _imports(path: Path, module: str) -> set[str]:
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime in ns, size): the key under which a file's parse is cached, so an edit is re-read."""
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _imports(path: Path, module: str) -> frozenset[str]:
     """Modules named by the import statements of a source file (``from a import b``: a, and a.b)."""
+    return _parsed_imports(path, module, _stamp(path))
+
+
+@cache
+def _parsed_imports(path: Path, module: str, stamp: tuple[int, int]) -> frozenset[str]:
     found: set[str] = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -145,11 +170,16 @@ def _imports(path: Path, module: str) -> set[str]:
                 base = f"{parent}.{base}" if base else parent
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
+    return frozenset(found)
 
 
 def _normalised_source(path: Path) -> str:
     """The module's AST without docstrings: comments, formatting and docstrings do not count."""
+    return _parsed_source(path, _stamp(path))
+
+
+@cache
+def _parsed_source(path: Path, stamp: tuple[int, int]) -> str:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
@@ -162,9 +192,15 @@ def _normalised_source(path: Path) -> str:
     return ast.dump(tree, include_attributes=False)
 
 
+@cache
+def _distribution_owners() -> dict[str, list[str]]:
+    """Import root -> installed distributions; scanning every installed package takes ~1 s, so once."""
+    return importlib.metadata.packages_distributions()
+
+
 def _versions(import_roots: set[str]) -> dict[str, str]:
     """Installed distribution versions of third-party import roots (unknown roots are skipped)."""
-    owners = importlib.metadata.packages_distributions()
+    owners = _distribution_owners()
     out = {}
     for root in import_roots:
         for dist in owners.get(root, ()):
