@@ -1,8 +1,7 @@
 """Test-wide settings: offline, quiet, and Prefect's home in a throwaway directory per process.
 
-Set before any test module imports Prefect or MLflow, which read them at import time. The suite
-runs in two pytest-xdist workers (``addopts`` in pyproject.toml): each worker gets its own Prefect
-home, so their ephemeral Prefect APIs never share one SQLite database.
+Set before any test module imports Prefect or MLflow, which read them at import time. The Prefect
+home is always a fresh one, never the user's: tests must not touch a real Prefect database.
 Under ``CI=true`` a skipped end-to-end or browser test fails the run: CI must run them all.
 """
 
