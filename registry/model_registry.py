@@ -182,7 +182,11 @@ def attempt_version(tracker: Tracker, name: str, attempt: str) -> str | None:
 
 
 def recorded_decision(tracker: Tracker, name: str, version: str) -> Decision | None:
-    """The gate's decision already tagged on ``version`` (an attempt killed after gating), or None."""
+    """The gate's decision already tagged on ``version`` (an attempt killed after gating), or None.
+
+    None also when the attempt was killed while writing the tags: ``bertflow.gate.promoted`` is
+    written last (`decision_tags`), so without it the decision is made again and rewritten.
+    """
     tags = version_tags(tracker, name, version)
     if "bertflow.gate.promoted" not in tags:
         return None
@@ -196,13 +200,19 @@ def recorded_decision(tracker: Tracker, name: str, version: str) -> Decision | N
 
 
 def decision_tags(decision: Decision, baseline_score: float | None) -> dict[str, str]:
-    tags = {"bertflow.gate.promoted": str(decision.promoted), "bertflow.gate.reason": decision.reason}
+    """The gate's tags in the order they must be written: ``bertflow.gate.promoted`` LAST.
+
+    MLflow sets one tag per call, so a kill can land between two of them; `recorded_decision`
+    trusts a decision only when that final tag is there, which then means all the others are.
+    """
+    tags = {"bertflow.gate.reason": decision.reason}
     if decision.champion_version is not None:
         tags["bertflow.gate.champion_version"] = decision.champion_version
     if decision.champion_score is not None:
         tags["bertflow.gate.champion_score"] = f"{decision.champion_score:.6f}"
     if baseline_score is not None:
         tags["bertflow.gate.baseline_score"] = f"{baseline_score:.6f}"
+    tags["bertflow.gate.promoted"] = str(decision.promoted)
     return tags
 
 

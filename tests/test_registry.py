@@ -157,3 +157,31 @@ def test_an_interrupted_registration_is_finished_not_duplicated(tracker: Tracker
     again = register("attempts", 70.0, "s", attempt="fp-1")
     assert again.version == first.version == "1" and again.decision == first.decision
     assert register("attempts", 71.0, "s", attempt="fp-2").version == "2"
+
+
+def test_a_kill_between_gate_tags_makes_the_gate_decide_again(
+    tracker: Tracker, register: Register, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow writes one tag per call: a kill after some gate tags must not leave a half decision.
+
+    Seen in the fault suite: the next attempt found ``promoted`` without ``reason`` and crashed.
+    """
+    calls: list[str] = []
+    real = tracker.client.set_model_version_tag
+
+    def killed_after_first(name: str, version: str, key: str, value: str) -> None:
+        calls.append(key)
+        if key.startswith("bertflow.gate.") and sum(c.startswith("bertflow.gate.") for c in calls) > 1:
+            raise KeyboardInterrupt("kill -9")  # stands in for the kill: nothing after it runs
+        real(name, version, key, value)
+
+    monkeypatch.setattr(tracker.client, "set_model_version_tag", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        register("half-tagged", 60.0, "s", attempt="fp-half")
+    monkeypatch.undo()
+    first_written = next(c for c in calls if c.startswith("bertflow.gate."))
+    assert first_written != "bertflow.gate.promoted"  # the marker is written last
+    done = register("half-tagged", 60.0, "s", attempt="fp-half")
+    tags = version_tags(tracker, "half-tagged", done.version)
+    assert done.version == "1" and done.decision.promoted
+    assert tags["bertflow.gate.promoted"] == "True" and tags["bertflow.gate.reason"] == done.decision.reason
