@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from models.config import EncoderConfig
 from models.encoder import init_bert_weights
 
-HeadKind = Literal["classification", "regression", "span"]
+HeadKind = Literal["classification", "regression", "span", "token"]
 Pooling = Literal["cls", "mean"]
 
 # Span logits at padding positions: very negative so softmax gives them ~0 probability, but finite
@@ -36,12 +36,14 @@ class HeadSpec:
 
     kind: HeadKind
     num_labels: int | None = None
-    pooling: Pooling = "cls"  # sentence-level heads only; a span head reads every position
+    pooling: Pooling = "cls"  # sentence-level heads only; span and token heads read every position
 
     def __post_init__(self) -> None:
         fixed = {"regression": 1, "span": 2}
-        if self.kind not in ("classification", "regression", "span"):
-            raise ValueError(f"HeadSpec.kind must be classification|regression|span, got {self.kind!r}")
+        if self.kind not in get_args(HeadKind):
+            raise ValueError(
+                f"HeadSpec.kind must be one of {'|'.join(get_args(HeadKind))}, got {self.kind!r}"
+            )
         if self.pooling not in get_args(Pooling):
             raise ValueError(f"HeadSpec.pooling must be cls|mean, got {self.pooling!r}")
         if self.kind in fixed:
@@ -51,7 +53,7 @@ class HeadSpec:
                 )
             object.__setattr__(self, "num_labels", fixed[self.kind])
         elif self.num_labels is None or self.num_labels < 2:
-            raise ValueError(f"HeadSpec: a classification head needs num_labels >= 2, got {self.num_labels}")
+            raise ValueError(f"HeadSpec: a {self.kind} head needs num_labels >= 2, got {self.num_labels}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +128,19 @@ class SpanHead(nn.Module):
             logits = logits.masked_fill(~attention_mask.bool()[..., None], SPAN_PAD_LOGIT)
         start, end = logits.unbind(dim=-1)  # 2 x (B, T)
         return start, end
+
+
+class TokenClassificationHead(nn.Module):
+    """(B, T, H) -> per-position tag logits (B, T, C), e.g. NER; BERT's: dropout then one linear layer."""
+
+    def __init__(self, cfg: EncoderConfig, num_labels: int) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Linear(cfg.hidden_size, num_labels)
+        self.apply(init_bert_weights)
+
+    def forward(self, hidden: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.classifier(self.dropout(hidden))  # (B, T, C); padding is masked out by the loss
 
 
 class MLMHead(nn.Module):

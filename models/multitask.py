@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from models.config import EncoderConfig
 from models.encoder import BertEncoder
-from models.heads import ClassificationHead, HeadSpec, RegressionHead, SpanHead
+from models.heads import ClassificationHead, HeadSpec, RegressionHead, SpanHead, TokenClassificationHead
 
 
 def build_head(cfg: EncoderConfig, spec: HeadSpec) -> nn.Module:
@@ -19,6 +19,9 @@ def build_head(cfg: EncoderConfig, spec: HeadSpec) -> nn.Module:
         return ClassificationHead(cfg, spec.num_labels, spec.pooling)
     if spec.kind == "regression":
         return RegressionHead(cfg, spec.pooling)
+    if spec.kind == "token":
+        assert spec.num_labels is not None
+        return TokenClassificationHead(cfg, spec.num_labels)
     return SpanHead(cfg)
 
 
@@ -26,7 +29,7 @@ class MultiTaskModel(nn.Module):
     """Shared BertEncoder + ``heads[task]``; ``forward(task, ...)`` routes one batch to one head.
 
     Outputs: classification (B, C) logits, regression (B,) scores, span a (start, end) pair of
-    (B, T) logits with padding positions at a large negative value.
+    (B, T) logits with padding positions at a large negative value, token (B, T, C) tag logits.
     """
 
     def __init__(self, cfg: EncoderConfig, heads: Mapping[str, HeadSpec]) -> None:

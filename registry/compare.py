@@ -11,6 +11,7 @@ N finished pipeline runs of an experiment.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from mlflow.entities import Run
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 LABEL = "pretrained"  # the fine-tuning init whose scores are compared (not the random-init baseline)
 BUDGET_KEYS = ("steps", "tokens", "seconds", "num_parameters")
+# Logged per task but not a dev score on the 0-100 scale: NER's per-type breakdown and counts
+# (``WikiANN-en/PER_f1``, ``.../LOC_support``, ``.../repaired_tags``) stay out of the table and plots.
+NOT_TASK_SCORES = re.compile(r"/([A-Z][A-Za-z0-9]*_(precision|recall|f1|support)|repaired_tags)$")
 
 
 class CompareError(ValueError):
@@ -70,7 +74,11 @@ def run_row(tracker: Tracker, parent: Run) -> RunRow:
     metrics = parent.data.metrics
     prefix = f"{LABEL}/"
     scores = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
-    tasks = {k: v for k, v in scores.items() if "/" in k and not k.startswith("SQuAD")}
+    tasks = {
+        k: v
+        for k, v in scores.items()
+        if "/" in k and not k.startswith("SQuAD") and not NOT_TASK_SCORES.search(k)
+    }
     children = child_runs(tracker, parent)
     pretrain = children.get("pretrain")
     budget = {k: pretrain.data.metrics[k] for k in BUDGET_KEYS if pretrain and k in pretrain.data.metrics}

@@ -27,7 +27,9 @@ def pipeline_record(tracker: Tracker, experiment_id: str, glue: float, losses: l
     tracker.log_metrics(
         parent,
         {"pretrained/glue_avg": glue, "pretrained/SST-2/accuracy": glue + 5, "pretrained/MRPC/f1": glue - 5,
-         "pretrained/SQuAD/exact_match": 10.0, "pretrained/SQuAD/f1": 20.0, "random_init/glue_avg": 1.0},
+         "pretrained/SQuAD/exact_match": 10.0, "pretrained/SQuAD/f1": 20.0, "random_init/glue_avg": 1.0,
+         "pretrained/WikiANN-en/f1": glue - 10, "pretrained/WikiANN-en/PER_f1": 1.0,
+         "pretrained/WikiANN-en/PER_support": 500.0, "pretrained/WikiANN-en/repaired_tags": 3.0},
         step=0,
     )  # fmt: skip
     producer = tracker.client.search_runs([experiment_id], "tags.mlflow.runName = 'pretrain'")
@@ -124,3 +126,10 @@ def test_reused_pretraining_is_read_from_its_producer_run(store) -> None:
     assert rows[second].pretrain_run_id == rows[first].pretrain_run_id  # the curve of the run that trained
     assert [v for _, v in loss_history(Tracker(uri), rows[second].pretrain_run_id)] == [5.0, 4.0, 3.5]
     assert rows[second].lineage["pretrain_fp"] == "abcdef012345"
+
+
+def test_task_scores_hold_dev_scores_only(store) -> None:
+    """NER's per-type breakdown and counts are logged, but are not columns of the score table."""
+    uri, (first, _) = store
+    (row,) = collect(Tracker(uri), run_ids=[first])
+    assert row.task_scores == {"SST-2/accuracy": 65.0, "MRPC/f1": 55.0, "WikiANN-en/f1": 50.0}

@@ -94,9 +94,15 @@ def test_masked_lm_logits_match(tmp_path: Path) -> None:
         {"MRPC": HeadSpec("classification", 2)},
         {"STS-B": HeadSpec("regression", 1)},
         {"SQuAD": HeadSpec("span")},
-        {"SST-2": HeadSpec("classification", 2), "STS-B": HeadSpec("regression"), "SQuAD": HeadSpec("span")},
+        {"WikiANN-en": HeadSpec("token", 7)},
+        {
+            "SST-2": HeadSpec("classification", 2),
+            "STS-B": HeadSpec("regression"),
+            "SQuAD": HeadSpec("span"),
+            "WikiANN-en": HeadSpec("token", 7, pooling="mean"),
+        },  # a token head pools nothing: exportable
     ],
-    ids=["classification", "regression", "span", "all-kinds"],
+    ids=["classification", "regression", "span", "token", "all-kinds"],
 )
 def test_every_cls_pooled_head_kind_exports_with_the_same_logits(tmp_path: Path, heads: dict) -> None:
     model = perturbed(MultiTaskModel(encoder_cfg(), heads))
@@ -105,8 +111,11 @@ def test_every_cls_pooled_head_kind_exports_with_the_same_logits(tmp_path: Path,
     b = batch()
     real = b["attention_mask"].bool()
     for task, spec in heads.items():
-        family = transformers.BertForQuestionAnswering if spec.kind == "span" else (
-            transformers.BertForSequenceClassification)  # fmt: skip
+        families = {
+            "span": transformers.BertForQuestionAnswering,
+            "token": transformers.BertForTokenClassification,
+        }
+        family = families.get(spec.kind, transformers.BertForSequenceClassification)
         hf = family.from_pretrained(tmp_path / "hf" / task, attn_implementation="eager").eval()
         with torch.no_grad():
             ours = model(task, b["input_ids"], b["token_type_ids"], b["attention_mask"])
@@ -114,6 +123,9 @@ def test_every_cls_pooled_head_kind_exports_with_the_same_logits(tmp_path: Path,
         if spec.kind == "span":  # compared where an answer can be: the non-padding positions
             torch.testing.assert_close(out.start_logits[real], ours[0][real], **EXACT)
             torch.testing.assert_close(out.end_logits[real], ours[1][real], **EXACT)
+        elif spec.kind == "token":  # every position, padding included: neither model masks it
+            torch.testing.assert_close(out.logits, ours, **EXACT)
+            assert hf.config.id2label[1] == "B-PER" and hf.config.label2id["I-LOC"] == 6
         else:
             torch.testing.assert_close(out.logits.reshape(ours.shape), ours, **EXACT)
 

@@ -143,9 +143,12 @@ def test_registry_shape() -> None:
         "WNLI",
         "SQuAD",
         "SQuAD-v2",
+        "WikiANN-en",
+        "CoNLL-2003",
     }
     assert get_task("MNLI").metric_keys() == ("accuracy_matched", "accuracy_mismatched")
     assert get_task("STS-B").num_labels == 1 and get_task("SQuAD").num_labels == 2
     assert get_task("MNLI").num_labels == 3
+    assert get_task("WikiANN-en").num_labels == 7 and get_task("CoNLL-2003").num_labels == 9
     with pytest.raises(UnknownTaskError, match="unknown task 'sst2'"):
         get_task("sst2")

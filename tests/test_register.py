@@ -87,6 +87,13 @@ def test_gate_scores_the_kept_seed_not_the_median_of_metrics() -> None:
     assert gate_value(report, "glue_avg") == 51.0
 
 
+def test_gate_on_one_task_metric_such_as_ner_f1() -> None:
+    report = {"glue_avg": 50.0, "per_task": {"WikiANN-en": {"f1": 61.5}, "SST-2": {"accuracy": 80.0}}}
+    assert gate_value(report, "WikiANN-en/f1") == 61.5
+    with pytest.raises(RegistrationError, match="no finite 'WikiANN-en/precision'"):
+        gate_value(report, "WikiANN-en/precision")
+
+
 def test_registration_needs_a_destination(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a destination"):
         register(RegistryConfig(), Artifact(stage="f", fingerprint="a", path=str(tmp_path)),

@@ -10,8 +10,9 @@ token types, LayerNorm after the embeddings), so its weights are renamed into
   (MLM transform + tied decoder + output bias; an NSP/SOP pair head is dropped);
 - fine-tuned checkpoint (``bert_multitask``) -> one ``BertForSequenceClassification``
   per classification / regression head (``<out>/<TASK>/``; regression as
-  ``num_labels=1``, ``problem_type="regression"``) and ``BertForQuestionAnswering``
-  for a span head; each carries the shared encoder and its own head's pooler.
+  ``num_labels=1``, ``problem_type="regression"``), ``BertForQuestionAnswering``
+  for a span head and ``BertForTokenClassification`` for a tagging (NER) head, with its
+  tag names as ``id2label``; each carries the shared encoder and its own head's pooler.
 
 What does not map (export refuses with the reason, before writing anything): pre-LN (HF
 BERT has no pre-LN variant; the final LayerNorm has no slot), rotary or sinusoidal
@@ -48,6 +49,7 @@ from models.config import EncoderConfig
 from models.io import read_config, read_weights
 from registry.download import download_model, is_mlflow_uri
 from tasks.data.tokenizer import TOKENIZER_FILES
+from tasks.downstream.tasks import TASKS
 from tasks.store.ownership import check_replaceable, mark_owned, remove_owned
 
 log = logging.getLogger(__name__)
@@ -130,12 +132,16 @@ def mlm_weights(state: Mapping[str, Tensor], cfg: EncoderConfig) -> dict[str, Te
 
 
 def head_weights(state: Mapping[str, Tensor], cfg: EncoderConfig, task: str, kind: str) -> dict[str, Tensor]:
-    """One task head of a multi-task model as BertFor{SequenceClassification,QuestionAnswering}."""
+    """One task head of a multi-task model as a BertFor... model (sequence / QA / token classification)."""
     out = encoder_weights(state, cfg, "encoder.", "bert.")
     head = f"heads.{task}."
     if kind == "span":
         for part in ("weight", "bias"):
             out[f"qa_outputs.{part}"] = state[f"{head}qa.{part}"]
+        return out
+    if kind == "token":  # no pooler: BertForTokenClassification reads every position
+        for part in ("weight", "bias"):
+            out[f"classifier.{part}"] = state[f"{head}classifier.{part}"]
         return out
     layer = "classifier" if kind == "classification" else "regressor"
     for part in ("weight", "bias"):
@@ -159,7 +165,8 @@ def write_hf_dir(out: Path, weights: Mapping[str, Tensor], config: Mapping[str, 
 
 def check_heads(heads: Mapping[str, dict], where: Path) -> None:
     """Raise naming every head whose pooling transformers cannot reproduce."""
-    pooled = [t for t, spec in heads.items() if spec["kind"] != "span" and spec.get("pooling") == "mean"]
+    sentence_level = ("classification", "regression")  # span and token heads pool nothing
+    pooled = [t for t, s in heads.items() if s["kind"] in sentence_level and s.get("pooling") == "mean"]
     if pooled:
         raise ExportError(
             f"{where}: cannot export exactly: head(s) {', '.join(pooled)} pool the mean of the tokens, "
@@ -203,6 +210,14 @@ def export_head(
     kind = spec["kind"]
     if kind == "span":
         extra: dict[str, object] = {"architectures": ["BertForQuestionAnswering"]}
+    elif kind == "token":
+        tags = tag_names(task, spec["num_labels"])
+        extra = {
+            "architectures": ["BertForTokenClassification"],
+            "num_labels": spec["num_labels"],
+            "id2label": dict(enumerate(tags)),
+            "label2id": {tag: i for i, tag in enumerate(tags)},
+        }
     elif kind == "regression":
         extra = {
             "architectures": ["BertForSequenceClassification"],
@@ -217,6 +232,14 @@ def export_head(
         }
     write_hf_dir(out, head_weights(state, cfg, task, kind), hf_bert_config(cfg, **extra), checkpoint)
     return out
+
+
+def tag_names(task: str, num_labels: int) -> list[str]:
+    """The registry's tag names of a tagging task, or LABEL_i when the task is not registered."""
+    spec = TASKS.get(task)
+    if spec is not None and len(spec.labels) == num_labels:
+        return list(spec.labels)
+    return [f"LABEL_{i}" for i in range(num_labels)]
 
 
 def export_model(source: str, out: Path, tracking_uri: str | None) -> list[Path]:

@@ -8,6 +8,13 @@ overlapping windows ``[CLS] question [SEP] context[k : k + L] [SEP]`` whose star
 together they cover every context token; each window keeps its tokens' character
 offsets so predicted spans map back to context text.
 
+Tagging (NER) sentences are split into words by the file and into sub-words by the tokenizer:
+the first sub-word of each word carries the word's tag and the rest are ignored by the loss
+(`IGNORE`). A sentence longer than `max_seq_len` is cut into overlapping windows the same
+way as a SQuAD context, and each word is predicted by the window where it has the most
+context on both sides (`TokenFeatures.owned`), so nothing is truncated and every word gets
+exactly one prediction.
+
 The tokenizer follows the project's fixed special ids ([PAD]=0, [CLS]=2, [SEP]=3).
 """
 
@@ -21,11 +28,13 @@ import torch
 from tokenizers import Encoding, Tokenizer
 from torch import Tensor
 
+from tasks.downstream.conll import TokenExample, conll_path, read_conll_file
 from tasks.downstream.glue import GlueExample, glue_path, read_glue_file
 from tasks.downstream.squad import SquadExample, read_squad_file, squad_path
 from tasks.downstream.tasks import TaskSpec
 
 PAD_ID, CLS_ID, SEP_ID = 0, 2, 3
+IGNORE = -100  # label of positions a tagging loss skips (specials, non-first sub-words), as in PyTorch
 CharSpan = tuple[int, int]
 
 
@@ -55,29 +64,52 @@ class SpanFeatures:
     example_index: int
 
 
-Example = GlueExample | SquadExample
-Features = SequenceFeatures | SpanFeatures
+@dataclass(frozen=True)
+class TokenFeatures:
+    """One window of a tagged sentence, position by position.
+
+    `labels[t]` is the tag index of the word whose first sub-word sits at t, else `IGNORE`;
+    `word_ids[t]` is that word's index in the sentence (-1 elsewhere); `owned[t]` marks the
+    words this window predicts (each word is owned by exactly one window of its sentence).
+    """
+
+    input_ids: tuple[int, ...]
+    token_type_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    word_ids: tuple[int, ...]
+    owned: tuple[bool, ...]
+    example_index: int
+
+
+Example = GlueExample | SquadExample | TokenExample
+Features = SequenceFeatures | SpanFeatures | TokenFeatures
 
 
 def task_file(data_dir: str | Path, spec: TaskSpec, file: str) -> Path:
-    """Where one of a task's files lives in a downstream data dir (glue/<TASK>/ or squad/)."""
-    return squad_path(data_dir, spec, file) if spec.kind == "span" else glue_path(data_dir, spec, file)
+    """Where one of a task's files lives in a downstream data dir (glue/<TASK>/, squad/ or ner/...)."""
+    if spec.kind == "span":
+        return squad_path(data_dir, spec, file)
+    return conll_path(data_dir, spec, file) if spec.kind == "token" else glue_path(data_dir, spec, file)
 
 
 def read_examples(data_dir: str | Path, spec: TaskSpec, file: str) -> list[Example]:
-    """Examples of one task file in a downstream data dir (GLUE tsv or SQuAD JSON, by the task's kind)."""
+    """Examples of one task file in a downstream data dir (GLUE tsv, SQuAD JSON or CoNLL, by kind)."""
     if spec.kind == "span":
         version = "2.0" if spec.no_answer else "1.1"
         return list(read_squad_file(squad_path(data_dir, spec, file), version=version))
+    if spec.kind == "token":
+        return list(read_conll_file(conll_path(data_dir, spec, file), spec))
     return list(read_glue_file(glue_path(data_dir, spec, file), spec))
 
 
 def encode_examples(
     tokenizer: Tokenizer, spec: TaskSpec, examples: Sequence[Example], max_seq_len: int, doc_stride: int
 ) -> list[Features]:
-    """Model inputs for a task's examples: one row per sentence (pair), or per SQuAD window."""
+    """Model inputs for a task's examples: one row per sentence (pair), or per SQuAD / tagging window."""
     if spec.kind == "span":
         return list(encode_squad(tokenizer, examples, max_seq_len, doc_stride))  # type: ignore[arg-type]
+    if spec.kind == "token":
+        return list(encode_tagged(tokenizer, spec, examples, max_seq_len, doc_stride))  # type: ignore[arg-type]
     return list(encode_sequences(tokenizer, examples, max_seq_len))  # type: ignore[arg-type]
 
 
@@ -169,17 +201,66 @@ def _window(
     return SpanFeatures(ids, types, offsets, first, last, index)
 
 
+def encode_tagged(
+    tokenizer: Tokenizer, spec: TaskSpec, examples: Sequence[TokenExample], max_seq_len: int, doc_stride: int
+) -> list[TokenFeatures]:
+    """``[CLS] sub-words [SEP]`` windows of every sentence, first sub-words labelled (see module doc)."""
+    check_special_ids(tokenizer)
+    window = max_seq_len - 2
+    encodings = tokenizer.encode_batch(
+        [list(e.words) for e in examples], is_pretokenized=True, add_special_tokens=False
+    )
+    features: list[TokenFeatures] = []
+    for i, (example, enc) in enumerate(zip(examples, encodings, strict=True)):
+        word_of = enc.word_ids
+        first = [w is not None and (t == 0 or word_of[t - 1] != w) for t, w in enumerate(word_of)]
+        starts = window_starts(len(enc.ids), window, doc_stride)
+        owner = _max_context_owner(len(enc.ids), starts, window)
+        for k, start in enumerate(starts):
+            span = range(start, min(start + window, len(enc.ids)))
+            labels = [spec.labels.index(example.tags[word_of[t]]) if first[t] else IGNORE for t in span]
+            word_ids = [word_of[t] if first[t] else -1 for t in span]
+            owned = [first[t] and owner[t] == k for t in span]
+            features.append(
+                TokenFeatures(
+                    input_ids=(CLS_ID, *enc.ids[start : span.stop], SEP_ID),
+                    token_type_ids=(0,) * (len(span) + 2),
+                    labels=(IGNORE, *labels, IGNORE),
+                    word_ids=(-1, *word_ids, -1),
+                    owned=(False, *owned, False),
+                    example_index=i,
+                )
+            )
+    return features
+
+
+def _max_context_owner(n_tokens: int, starts: Sequence[int], window: int) -> list[int]:
+    """For each token, the window (index into `starts`) where it has the most context on its nearer side.
+
+    BERT's run_squad rule for overlapping windows: score min(tokens before, tokens after)
+    inside the window, and the earliest window wins a tie.
+    """
+    owner, best = [0] * n_tokens, [-1] * n_tokens
+    for k, start in enumerate(starts):
+        stop = min(start + window, n_tokens)
+        for t in range(start, stop):
+            context = min(t - start, stop - 1 - t)
+            if context > best[t]:
+                owner[t], best[t] = k, context
+    return owner
+
+
 def _padded(rows: Sequence[Sequence[int]], pad: int) -> Tensor:
     """(B, T) long tensor padded to the longest row in this batch (dynamic padding)."""
     width = max(len(r) for r in rows)
     return torch.tensor([[*r, *([pad] * (width - len(r)))] for r in rows], dtype=torch.long)
 
 
-def collate(features: Sequence[SequenceFeatures | SpanFeatures]) -> dict[str, Tensor]:
+def collate(features: Sequence[Features]) -> dict[str, Tensor]:
     """Stack features of ONE task into a padded batch: ids, type ids, attention mask and labels.
 
-    Labels are ``labels`` (long for classification, float for regression) or
-    ``start_positions`` / ``end_positions`` for spans.
+    Labels are ``labels`` (long for classification, float for regression, (B, T) long with
+    `IGNORE` padding for tagging) or ``start_positions`` / ``end_positions`` for spans.
     """
     if not features:
         raise ValueError("collate: empty batch")
@@ -188,7 +269,9 @@ def collate(features: Sequence[SequenceFeatures | SpanFeatures]) -> dict[str, Te
         "token_type_ids": _padded([f.token_type_ids for f in features], 0),  # (B, T)
         "attention_mask": _padded([[1] * len(f.input_ids) for f in features], 0),  # (B, T)
     }
-    if isinstance(features[0], SpanFeatures):
+    if isinstance(features[0], TokenFeatures):
+        batch["labels"] = _padded([f.labels for f in features], IGNORE)  # (B, T)
+    elif isinstance(features[0], SpanFeatures):
         batch["start_positions"] = torch.tensor([f.start_position for f in features], dtype=torch.long)
         batch["end_positions"] = torch.tensor([f.end_position for f in features], dtype=torch.long)
     else:

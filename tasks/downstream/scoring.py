@@ -1,4 +1,4 @@
-"""Scoring a fine-tuned model set on dev files: model outputs, GLUE and SQuAD metrics, per task.
+"""Scoring a fine-tuned model set on dev files: model outputs, GLUE, SQuAD and entity metrics, per task.
 
 Shared by the evaluate stage (the report) and fine-tuning (ranking seeds), so neither
 stage imports the other. Scores come from the project's own `evaluate.Metric` subclasses
@@ -22,7 +22,15 @@ from tokenizers import Tokenizer
 
 from models.io import load_multitask
 from models.multitask import MultiTaskModel
-from tasks.downstream.features import Features, SpanFeatures, collate, encode_examples, read_examples
+from tasks.downstream.conll import TokenExample
+from tasks.downstream.features import (
+    Features,
+    SpanFeatures,
+    TokenFeatures,
+    collate,
+    encode_examples,
+    read_examples,
+)
 from tasks.downstream.glue import GlueExample
 from tasks.downstream.modelset import member_dir
 from tasks.downstream.spans import best_spans
@@ -65,7 +73,8 @@ class ScoringConfig(BaseModel):
 def model_outputs(
     model: MultiTaskModel, task: str, features: Sequence[Features], batch_size: int
 ) -> list[Any]:
-    """Per-feature outputs in input order: (C,) logits, a float score, or (start, end) (T_f,) logits.
+    """Per-feature outputs in input order: (C,) logits, a float score, (start, end) (T_f,) logits,
+    or (T_f, C) tag logits.
 
     Features are run in length order so each padded batch wastes little compute.
     """
@@ -180,6 +189,42 @@ def score_squad(
     return SquadMetric().compute(predictions=predictions, references=references), rows
 
 
+def word_tags(
+    spec: TaskSpec, example: TokenExample, windows: Sequence[tuple[TokenFeatures, Any]]
+) -> list[str]:
+    """One predicted tag per word: the argmax at its first sub-word, in the window that owns it.
+
+    A word the tokenizer turned into no sub-word at all has no logits and is predicted ``O``.
+    """
+    tags = ["O"] * len(example.words)
+    for feature, logits in windows:
+        for t, (word, owned) in enumerate(zip(feature.word_ids, feature.owned, strict=True)):
+            if owned:
+                tags[word] = spec.labels[int(np.argmax(logits[t]))]
+    return tags
+
+
+def score_tagging(
+    spec: TaskSpec,
+    examples: Sequence[TokenExample],
+    features: Sequence[TokenFeatures],
+    outputs: Sequence[Any],
+) -> tuple[dict[str, float], list[dict]]:
+    """Entity-level P/R/F1 of the word-level predictions, after merging each sentence's windows."""
+    from tasks.downstream.metrics.entities import EntityMetric  # `evaluate`: see score_glue
+
+    windows: dict[int, list[tuple[TokenFeatures, Any]]] = defaultdict(list)
+    for feature, output in zip(features, outputs, strict=True):
+        windows[feature.example_index].append((feature, output))
+    predictions = [word_tags(spec, e, windows[i]) for i, e in enumerate(examples)]
+    references = [list(e.tags) for e in examples]
+    rows = [
+        {"id": e.id, "words": list(e.words), "prediction": p, "label": r}
+        for e, p, r in zip(examples, predictions, references, strict=True)
+    ]
+    return EntityMetric().compute(predictions=predictions, references=references), rows
+
+
 def evaluate_one_task(
     cfg: ScoringConfig, model: MultiTaskModel, tokenizer: Tokenizer, spec: TaskSpec
 ) -> tuple[dict[str, float], list[dict], dict[str, int]]:
@@ -193,6 +238,8 @@ def evaluate_one_task(
         outputs = model_outputs(model, spec.name, features, cfg.batch_size)
         if spec.kind == "span":
             scores, split_rows = score_squad(cfg, spec, examples, features, outputs)  # type: ignore[arg-type]
+        elif spec.kind == "token":
+            scores, split_rows = score_tagging(spec, examples, features, outputs)  # type: ignore[arg-type]
         else:
             scores, split_rows = score_glue(spec, split, examples, outputs)  # type: ignore[arg-type]
         metrics.update(scores)
@@ -256,5 +303,3 @@ def selection_score(per_task: Mapping[str, Mapping[str, float]]) -> float:
     """One number per model set, to rank seeds: the mean over tasks of each task's own headline mean
     (GLUE metrics averaged inside the task as in the GLUE score; SQuAD EM and F1)."""
     return float(np.mean([np.mean([m[k] for k in get_task(t).metric_keys()]) for t, m in per_task.items()]))
-
-

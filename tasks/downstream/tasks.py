@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-TaskKind = Literal["classification", "regression", "span"]
+TaskKind = Literal["classification", "regression", "span", "token"]
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,10 @@ class TaskSpec:
     `value_range` bounds a regression target (STS-B scores are 0-5). `no_answer` marks a
     span task whose questions may be unanswerable (SQuAD v2.0): its reader accepts empty
     answer lists and its scoring compares a [CLS] "null" score with the best span.
+
+    A ``token`` task (NER) tags every word: `labels` is its IOB2 tag set in class-index
+    order, its files are CoNLL-style (`tasks.downstream.conll`) under ``<data_dir>/<dir_name>/``,
+    and `headerless_columns` + `label_field` name the tag column when it is not the last one.
     """
 
     name: str
@@ -51,7 +55,7 @@ class TaskSpec:
     @property
     def num_labels(self) -> int:
         """Width of the task's head output: classes, 1 for a regression value, 2 for span start/end."""
-        if self.kind == "classification":
+        if self.kind in ("classification", "token"):
             return len(self.labels)
         return 1 if self.kind == "regression" else 2
 
@@ -65,6 +69,13 @@ class TaskSpec:
 
 
 _BINARY = ("0", "1")
+
+
+def iob2_tags(*types: str) -> tuple[str, ...]:
+    """``O`` then ``B-``/``I-`` of every entity type, in that order (the head's class indices)."""
+    return ("O", *(f"{p}-{t}" for t in types for p in ("B", "I")))
+
+
 _ENTAIL = ("entailment", "not_entailment")
 
 TASKS: dict[str, TaskSpec] = {
@@ -181,6 +192,31 @@ TASKS: dict[str, TaskSpec] = {
             dev_splits=(DevSplit("", "dev.json"),),
             is_glue=False,
             no_answer=True,
+        ),
+        TaskSpec(
+            name="WikiANN-en",
+            dir_name="ner/wikiann-en",
+            kind="token",
+            text_fields=("token",),
+            label_field="tag",
+            labels=iob2_tags("PER", "ORG", "LOC"),
+            metrics=("f1",),  # entity-level micro F1; precision, recall and per-type scores are reported too
+            train_file="train.conll",
+            dev_splits=(DevSplit("", "dev.conll"),),
+            is_glue=False,
+        ),
+        TaskSpec(
+            name="CoNLL-2003",
+            dir_name="ner/conll2003",
+            kind="token",
+            text_fields=("token",),
+            label_field="ner",
+            labels=iob2_tags("PER", "ORG", "LOC", "MISC"),
+            metrics=("f1",),
+            headerless_columns=("token", "pos", "chunk", "ner"),  # the original eng.* files, IOB1
+            train_file="train.txt",
+            dev_splits=(DevSplit("", "valid.txt"),),
+            is_glue=False,
         ),
     )
 }

@@ -3,8 +3,8 @@
 A multi-task batch holds ONE task (its name under ``batch["task"]``), so the objective
 routes the whole batch to that task's head and loss; tasks never share a forward pass
 and padding widths stay per task. Losses are the standard BERT fine-tuning ones:
-cross-entropy over classes, mean squared error for a regression score, and the mean of
-the start and end cross-entropies for extractive spans.
+cross-entropy over classes, mean squared error for a regression score, the mean of
+the start and end cross-entropies for extractive spans, and per-word cross-entropy for tagging.
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ def span_loss(
     return (start + end) / 2
 
 
+def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of (B, T, C) tag logits at the labelled positions of (B, T) labels (-100: none).
+
+    Summed and divided by the count (at least 1) rather than ``reduction="mean"``: a batch with no
+    labelled position (sentences of untokenizable words) then gives 0, not NaN, without a host sync.
+    """
+    targets = labels.flatten()
+    total = F.cross_entropy(logits.float().flatten(0, 1), targets, ignore_index=-100, reduction="sum")
+    return total / (targets != -100).sum().clamp_min(1)
+
+
 def head_loss(kind: HeadKind, output: Tensor | tuple[Tensor, Tensor], batch: Mapping[str, Tensor]) -> Tensor:
     """The loss of one head kind on its model output and the batch's labels."""
     if kind == "classification":
@@ -49,6 +60,8 @@ def head_loss(kind: HeadKind, output: Tensor | tuple[Tensor, Tensor], batch: Map
     if kind == "span":
         start, end = output
         return span_loss(start, end, batch["start_positions"], batch["end_positions"])
+    if kind == "token":
+        return token_loss(output, batch["labels"])
     raise ValueError(f"unknown head kind {kind!r}")
 
 

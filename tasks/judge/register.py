@@ -60,7 +60,8 @@ class RegistryConfig(BaseModel):
     )
     gate_metric: str = Field(
         "glue_avg",
-        description="Report metric compared with the champion's to decide promotion.",
+        description="Report metric compared with the champion's to decide promotion: glue_avg, "
+        "or TASK/metric (e.g. WikiANN-en/f1).",
     )
     min_improvement: float = Field(
         0.0, ge=0.0, le=100.0, description="Points the challenger must gain over the champion to be promoted."
@@ -85,7 +86,8 @@ def model_dirs(checkpoint: Path) -> list[Path]:
 def gate_value(report: dict, metric: str) -> float:
     """The registered model's own score: the kept (median) seed's when several seeds were trained."""
     own = report["per_seed"][str(report["median_seed"])] if "per_seed" in report else report
-    score = own.get(metric)
+    task, _, name = metric.rpartition("/")
+    score = own.get("per_task", {}).get(task, {}).get(name) if task else own.get(metric)
     if not isinstance(score, int | float) or not math.isfinite(score):
         raise RegistrationError(f"evaluation report has no finite {metric!r} (got {score!r}): not registered")
     return float(score)
