@@ -54,10 +54,9 @@ from tasks.sink import MetricSink, PrefixedSink
 from tasks.store.artifact import Artifact
 from tasks.store.stage import Job, Stage
 from tasks.train.finetune_config import FinetuneConfig
-from tasks.train.mixing import MultiTaskBatchSource, mixing_rates, single_task_steps
+from tasks.train.mixing import MultiTaskBatchSource, mixing_rates, padding_waste, single_task_steps
 
 log = logging.getLogger(__name__)
-
 
 
 def head_specs(specs: Sequence[TaskSpec], pooling: Pooling) -> dict[str, HeadSpec]:
@@ -151,7 +150,12 @@ def train_run(
     total = sum(plan.rates[t] for t in tasks)
     rates = {t: plan.rates[t] / total for t in tasks}
     source = MultiTaskBatchSource(
-        {t: plan.features[t] for t in tasks}, rates, plan.cfg.batch_size, steps, seed
+        {t: plan.features[t] for t in tasks},
+        rates,
+        plan.cfg.batch_size,
+        steps,
+        seed,
+        plan.cfg.group_by_length,
     )
     objective = MultiTaskObjective({t: get_task(t).kind for t in tasks})
     result = fit(
@@ -166,7 +170,8 @@ def train_run(
         param_groups=layerwise_param_groups(model, plan.cfg.layer_lr_decay, plan.cfg.train.weight_decay),
         step_hook=transfer_hook(plan.cfg),
     )
-    return {"steps": result.steps, **{f"train_loss/{t}": v for t, v in objective.recent_losses().items()}}
+    losses = {f"train_loss/{t}": v for t, v in objective.recent_losses().items()}
+    return {"steps": result.steps, "padding_waste": padding_waste(source), **losses}
 
 
 def train_model_set(plan: TrainPlan, seed: int, dest: Path, sink: MetricSink) -> dict[str, float]:
@@ -187,6 +192,7 @@ def train_model_set(plan: TrainPlan, seed: int, dest: Path, sink: MetricSink) ->
         run = train_run(plan, tuned, [spec.name], steps, seed, PrefixedSink(sink, f"{spec.name}/"), spec.name)
         summary[f"single_steps/{spec.name}"] = run["steps"]
         summary[f"single_train_loss/{spec.name}"] = run[f"train_loss/{spec.name}"]
+        summary[f"single_padding_waste/{spec.name}"] = run["padding_waste"]
         members[spec.name] = f"per_task/{spec.name}"
         write_output(dest / members[spec.name], tuned, plan.checkpoint_dir, [spec])
     write_members(dest, members)

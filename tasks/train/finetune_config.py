@@ -55,6 +55,9 @@ class FinetuneConfig(BaseModel):
         2.0, ge=1.0, le=100.0, description="T for mixing='temperature' (1 = proportional)."
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Examples (or SQuAD windows) per step.")
+    group_by_length: bool = Field(
+        False, description="Batch rows of similar length together (in groups of 50 batches): less padding."
+    )
     layer_lr_decay: float = Field(
         1.0,
         gt=0.0,

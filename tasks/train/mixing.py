@@ -6,6 +6,12 @@ min(n, K), so large tasks do not drown small ones; "temperature" flattens it fur
 min(n, K)^(1/T)) and "equal" ignores sizes. The whole schedule of (task, example indices)
 is drawn up front from the seed, each task walking its own seeded epoch permutations, so
 ``batch(step)`` is a pure function of (seed, step) and the shared `fit()` resumes exactly.
+
+``group_by_length`` (HF Trainer's option of that name) cuts each task's stream into
+megabatches of `MEGABATCH` batches, sorts each megabatch by input length and shuffles the
+order of its batches: rows of one batch have similar lengths, so little of a dynamically
+padded batch is padding (`padding_waste` measures it), while the data each epoch sees and
+the task mixture are unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from torch import Tensor
 
 from tasks.downstream.features import Features, collate
 from tasks.train.finetune_config import Mixing
+
+MEGABATCH = 50  # batches per length-sorted group, as HF's LengthGroupedSampler
 
 
 def mixing_rates(
@@ -48,6 +56,7 @@ class MultiTaskBatchSource:
         batch_size: int,
         num_batches: int,
         seed: int,
+        group_by_length: bool = False,
     ) -> None:
         self.features = {t: list(f) for t, f in features.items()}
         self.tasks = list(self.features)
@@ -57,17 +66,22 @@ class MultiTaskBatchSource:
         picks = np.random.default_rng([seed, 0]).choice(
             len(self.tasks), size=num_batches, p=[rates[t] for t in self.tasks]
         )  # (num_batches,) task index per step
+        self.group_by_length = group_by_length
         self.schedule: list[tuple[str, np.ndarray]] = self._assign_indices(picks, batch_size, seed)
 
     def _assign_indices(self, picks: np.ndarray, batch_size: int, seed: int) -> list[tuple[str, np.ndarray]]:
-        """Cut each task's stream of epoch permutations into its batches, in step order."""
+        """Each task's epoch permutations cut into batches (length-grouped if asked), in step order."""
         streams: dict[int, np.ndarray] = {}
         for k, name in enumerate(self.tasks):
             needed = int((picks == k).sum()) * batch_size
             n = len(self.features[name])
             rng = np.random.default_rng([seed, 1 + k])
             epochs = [rng.permutation(n) for _ in range(max(1, math.ceil(needed / n)))]
-            streams[k] = np.concatenate(epochs)[:needed].reshape(-1, batch_size)  # (steps of task k, B)
+            stream = np.concatenate(epochs)[:needed].reshape(-1, batch_size)  # (steps of task k, B)
+            if self.group_by_length:
+                lengths = np.array([len(f.input_ids) for f in self.features[name]])
+                stream = length_grouped(stream, lengths, np.random.default_rng([seed, 1 + k, 1]))
+            streams[k] = stream
         cursor = dict.fromkeys(streams, 0)
         schedule = []
         for k in picks.tolist():
@@ -88,6 +102,26 @@ class MultiTaskBatchSource:
         batch: dict[str, Tensor | str] = dict(collate([self.features[name][i] for i in indices]))
         batch["task"] = name
         return batch
+
+
+def length_grouped(stream: np.ndarray, lengths: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(steps, B) example indices regrouped inside each megabatch: sorted by length, batch order shuffled."""
+    out = stream.copy()
+    for lo in range(0, len(stream), MEGABATCH):
+        block = stream[lo : lo + MEGABATCH]
+        flat = block.reshape(-1)
+        ordered = flat[np.argsort(-lengths[flat], kind="stable")].reshape(block.shape)
+        out[lo : lo + len(block)] = ordered[rng.permutation(len(block))]
+    return out
+
+
+def padding_waste(source: MultiTaskBatchSource) -> float:
+    """Share of the schedule's padded (B x longest) positions that are padding, over all steps."""
+    real = padded = 0
+    for name, indices in source.schedule:
+        lengths = [len(source.features[name][i].input_ids) for i in indices]
+        real, padded = real + sum(lengths), padded + max(lengths) * len(lengths)
+    return 1.0 - real / padded if padded else 0.0
 
 
 def single_task_steps(max_steps: int, rate: float) -> int:
