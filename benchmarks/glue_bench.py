@@ -101,6 +101,7 @@ class Budget:
     lr: float
     pooling: str  # sentence-level heads: "cls" (BERT) or "mean"
     precision: str  # "bf16" autocast for pre-training and fine-tuning, or "fp32"
+    group_by_length: bool = False  # fine-tuning batches of similar lengths (less padding)
 
 
 QUICK = Budget(
@@ -157,11 +158,12 @@ def downstream_dir(data: Path, workdir: Path) -> Path:
     (view / "squad").mkdir(parents=True, exist_ok=True)
     links = {
         view / "glue": data / "glue",
+        view / "ner": data / "ner",
         view / "squad" / "train.json": data / "squad" / "split-by-article" / "train.json",
         view / "squad" / "dev.json": data / "squad" / "split-by-article" / "eval.json",
     }
     for link, target in links.items():
-        if not link.exists():
+        if not link.exists() and target.exists():
             os.symlink(target.resolve(), link)
     return view
 
@@ -170,7 +172,7 @@ def available_tasks(downstream: Path) -> tuple[str, ...]:
     """Registered tasks whose train and dev files are all present, in registry order."""
     names = []
     for spec in TASKS.values():
-        base = downstream / ("glue" if spec.is_glue else "") / spec.dir_name
+        base = downstream / ("glue" if spec.is_glue else "") / spec.dir_name  # ner/<task> for NER
         if all((base / f).is_file() for f in (spec.train_file, *(s.file for s in spec.dev_splits))):
             names.append(spec.name)
     return tuple(names)
@@ -245,7 +247,8 @@ def finetune_and_evaluate(
     workdir: Path,
     **options: Any,
 ) -> dict:
-    """One fine-tune run (FinetuneConfig options in `options`) and its dev report."""
+    """One fine-tune run (FinetuneConfig options in `options`) and its dev report, with the fine-tune
+    stage's summary (steps, train losses, padding waste) under ``finetune_summary``."""
     cfg = FinetuneConfig(
         data_dir=str(downstream),
         tasks=tasks,
@@ -255,6 +258,7 @@ def finetune_and_evaluate(
         max_seq_len=budget.seq_len,
         max_train_examples_per_task=budget.max_train_examples,
         pooling=budget.pooling,
+        group_by_length=budget.group_by_length,
         **options,
     )
     tuned = finetune(cfg, checkpoint, workdir=workdir, sink=NullSink())
@@ -265,11 +269,12 @@ def finetune_and_evaluate(
         max_examples_per_task=budget.max_eval_examples,
     )
     report = evaluate_checkpoint(eval_cfg, tuned, workdir=workdir, sink=NullSink())
-    return json.loads(report.file(REPORT).read_text())
+    return json.loads(report.file(REPORT).read_text()) | {"finetune_summary": dict(tuned.summary)}
 
 
-def headline(metrics: dict[str, float]) -> str:
-    return " / ".join(f"{v:.1f}" for v in metrics.values())
+def headline(task: str, metrics: dict[str, float]) -> str:
+    """The task's own reported numbers (NER: entity F1; its per-type breakdown stays in the JSON)."""
+    return " / ".join(f"{metrics[k]:.1f}" for k in TASKS[task].metric_keys())
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -277,7 +282,7 @@ def print_table(results: dict[str, dict]) -> None:
     tasks = list(next(iter(results.values()))["per_task"])
     print(f"{'task':<20}" + "".join(f"{r:>24}" for r in runs))
     for task in tasks:
-        print(f"{task:<20}" + "".join(f"{headline(results[r]['per_task'][task]):>24}" for r in runs))
+        print(f"{task:<20}" + "".join(f"{headline(task, results[r]['per_task'][task]):>24}" for r in runs))
     for key in ("glue_avg", "glue_avg_with_wnli"):
         if key in results[runs[0]]:
             print(f"{key:<20}" + "".join(f"{results[r][key]:>24.2f}" for r in runs))
@@ -295,6 +300,7 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
         "pooling": args.pooling,
         "corpus_files": args.corpus_files,
         "precision": args.precision,
+        "group_by_length": args.group_by_length or None,
     }
     return replace(budget, **{k: v for k, v in changes.items() if v is not None})
 
@@ -319,6 +325,10 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (order, heads, init)")
     parser.add_argument(
+        "--tasks", default=None, help="comma-separated downstream tasks (default: all present)"
+    )
+    parser.add_argument("--group-by-length", action="store_true", help="length-grouped fine-tuning batches")
+    parser.add_argument(
         "--runs",
         default=",".join(RUNS),
         help=f"comma-separated subset of {','.join(RUNS)} (e.g. more seeds of the transfer comparison)",
@@ -337,6 +347,14 @@ def main() -> None:
     checkpoint = pretrain_pipeline(args.data.resolve(), workdir, budget, seconds)
     downstream = downstream_dir(args.data.resolve(), workdir)
     tasks = available_tasks(downstream)
+    if args.tasks:
+        wanted = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+        missing = [t for t in wanted if t not in tasks]
+        if missing:
+            raise SystemExit(
+                f"--tasks: {missing} have no train/dev files under {downstream} (present: {tasks})"
+            )
+        tasks = wanted
     results: dict[str, dict] = {}
 
     def write(partial: bool) -> None:

@@ -17,7 +17,7 @@ from models.heads import HeadSpec
 from models.io import load_multitask, save_checkpoint
 from models.multitask import MultiTaskModel
 from tasks.downstream.scoring import MissingHeadError
-from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint
+from tasks.judge.evaluation import EvalConfig, evaluate_checkpoint, suite
 from tasks.sink import MemorySink
 from tasks.store.artifact import Artifact
 
@@ -263,3 +263,16 @@ def test_missing_head_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"glue/MRPC/dev\.tsv: input file not found"):
         evaluate_checkpoint(cfg.model_copy(update={"tasks": ("MRPC",)}), tiny_finetuned(tmp_path / "c2"),
                             workdir=tmp_path / "work")  # fmt: skip
+
+
+def test_suite_names_dev_files_as_the_data_dir_lays_them_out(tmp_path: Path) -> None:
+    """A data dir of symlinks (glue_bench's view of the shared data) is the same suite as the real one."""
+    real = tmp_path / "real" / "glue" / "SST-2"
+    real.mkdir(parents=True)
+    (real / "dev.tsv").write_text("sentence\tlabel\ngood .\t1\n")
+    view = tmp_path / "view"
+    view.mkdir()
+    (view / "glue").symlink_to(tmp_path / "real" / "glue")
+    linked, direct = (suite(EvalConfig(data_dir=str(d), tasks=("SST-2",))) for d in (view, tmp_path / "real"))
+    assert linked["fingerprint"] == direct["fingerprint"]
+    assert linked["config"]["data_dir"] == str(view)

@@ -65,8 +65,8 @@ def suite(cfg: EvalConfig) -> dict[str, Any]:
     Dev files are named relative to the data dir, so the same data in another place is
     the same suite; their sha256 tells edited data apart.
     """
-    root = Path(cfg.data_dir).resolve()
-    files = {Path(p).relative_to(root).as_posix(): h for p, h in files_digest(dev_files(cfg)).items()}
+    root = Path(cfg.data_dir)  # files named as the data dir lays them out, not where a symlink resolves
+    files = {p.relative_to(root).as_posix(): next(iter(files_digest([p]).values())) for p in dev_files(cfg)}
     settings = cfg.model_dump(mode="json", exclude=set(NOT_SCORE_SETTINGS))
     payload = {"tasks": list(cfg.tasks), "settings": settings, "dev_files": files}
     payload["scoring_code"] = code_digest(SCORING_CODE)
