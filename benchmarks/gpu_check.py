@@ -1,7 +1,7 @@
 """GPU check: one prepared script that exercises bertflow's CUDA path on a lent H100/H200 in under 9 minutes.
 
     python3 benchmarks/gpu_check.py --data .gpu/data --out $OUT/gpu.json        # on the GPU machine
-    python benchmarks/gpu_check.py --dry-run --out /tmp/gpu-dry.json            # CPU, tiny, < 2 min
+    python benchmarks/gpu_check.py --dry-run --out gpu-dry.json                 # CPU, tiny, < 2 min
 
 Three steps, in order; the JSON is rewritten (temp file + rename) after every check, so a run cut
 short still leaves everything it finished:

@@ -19,9 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def portable_path(value: str | os.PathLike[str]) -> str:
-    """``value`` relative to the repository root when it is an absolute path, else unchanged."""
+    """``value`` relative to the repository root when it is an absolute path, else unchanged.
+
+    A path outside the repository's parent (a scratch dir such as /tmp/x) says nothing on
+    another machine, so it is written as ``<scratch>/<name>``; ``../shared/data`` stays.
+    """
     text = os.fspath(value)
-    return os.path.relpath(text, REPO) if os.path.isabs(text) else text
+    if not os.path.isabs(text):
+        return text
+    relative = os.path.relpath(text, REPO)
+    return f"<scratch>/{Path(text).name}" if relative.startswith(f"..{os.sep}..") else relative
 
 
 def command_line(argv: list[str] | None = None) -> str:

@@ -34,7 +34,7 @@ def counts(junit: Path) -> dict[str, object]:
         kinds = {child.tag for child in case}
         key = next((k for k in ("failure", "error", "skipped") if k in kinds), "passed")
         outcome[{"failure": "failed"}.get(key, key)] += 1
-    slowest = sorted(cases, key=lambda c: -float(c.get("time", 0)))[:10]
+    slowest = sorted(cases, key=lambda c: -float(c.get("time", 0)))[:25]
     named = [(f"{c.get('classname')}::{c.get('name')}", float(c.get("time", 0))) for c in slowest]
     return outcome | {"tests": len(cases), "slowest": [{"test": t, "seconds": s} for t, s in named]}
 
