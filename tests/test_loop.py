@@ -309,12 +309,20 @@ class SlowSource(ToySource):
         return super().batch(step)
 
 
-def test_minutes_budget_drives_the_lr_by_the_clock_down_to_zero() -> None:
+def test_minutes_budget_drives_the_lr_by_the_clock_down_to_zero(tmp_path: Path) -> None:
     """The LR is a function of elapsed time: warm-up over the first 20 % of the budget, then linear
-    decay that reaches ~0 at the deadline, whatever the step time (no calibration to get wrong)."""
+    decay that reaches ~0 at the deadline, whatever the step time (no calibration to get wrong).
+
+    Checked on the optimizer itself, not only on the logged value: the loop once logged the right
+    LR while every group trained at it times 1/warmup_steps (~1/600 here)."""
     sink = MemorySink()
-    cfg = TrainSettings(max_steps=10_000, lr=1e-3, max_minutes=1.2 / 60, log_every=1, warmup_ratio=0.2)
-    result = fit(tiny_model(), MLMObjective(), SlowSource(), cfg, sink)
+    cfg = TrainSettings(
+        max_steps=10_000, lr=1e-3, max_minutes=1.2 / 60, log_every=1, warmup_ratio=0.2, checkpoint_every=5
+    )
+    result = fit(tiny_model(), MLMObjective(), SlowSource(), cfg, sink, checkpoint_dir=tmp_path / "ckpt")
+    state = torch.load(tmp_path / "ckpt" / "trainer_state.pt", weights_only=False)
+    logged = dict(sink.series("lr"))[state["step"]]
+    assert [g["lr"] for g in state["optimizer"]["param_groups"]] == pytest.approx([logged, logged], rel=1e-6)
     assert result.stop_reason == "minutes" and result.stopped_early and result.steps < 10_000
     assert result.seconds >= 1.2
     lrs = [v for _, v in sink.series("lr")]

@@ -162,7 +162,9 @@ def fit(
             rank=rank,
             world_size=world_size,
             peak_flops=cfg.peak_flops or default_peak_flops(device, cfg.precision),
-            base_lrs=[group["lr"] for group in optimizer.param_groups],
+            # peak lr of each group (x its lr_scale): LambdaLR has already scaled group["lr"] by the
+            # schedule's step-0 factor, so reading it back would start a minutes budget ~1/warmup too low
+            base_lrs=list(scheduler.base_lrs),
         )
         with termination_signals() as received:
             loop.received = received
