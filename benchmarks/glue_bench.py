@@ -52,6 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.provenance import now, portable_path, provenance
 from tasks.data.dedup import DedupConfig, dedup
 from tasks.data.ingest import IngestConfig, ingest
 from tasks.data.pack import PackConfig, pack
@@ -294,6 +295,7 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
     changes = {
         "size": args.size,
         "pretrain_minutes": args.pretrain_minutes,
+        "pretrain_batch": args.pretrain_batch,
         "finetune_steps": args.finetune_steps,
         "mixing_cap_k": args.mixing_cap_k,
         "lr": args.finetune_lr,
@@ -315,6 +317,7 @@ def main() -> None:
     parser.add_argument(
         "--pretrain-minutes", type=float, default=None, help="override the pre-training budget"
     )
+    parser.add_argument("--pretrain-batch", type=int, default=None, help="override the pre-training batch")
     parser.add_argument("--finetune-steps", type=int, default=None, help="override the fine-tuning steps")
     parser.add_argument("--mixing-cap-k", type=int, default=None, help="override the mixing cap K")
     parser.add_argument("--finetune-lr", type=float, default=None, help="override the fine-tuning peak LR")
@@ -343,9 +346,10 @@ def main() -> None:
     budget = override(QUICK if args.quick else FULL, args)
     workdir = (args.workdir or Path(".bench") / ("glue-quick" if args.quick else "glue")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    started, seconds = time.perf_counter(), {}
-    checkpoint = pretrain_pipeline(args.data.resolve(), workdir, budget, seconds)
-    downstream = downstream_dir(args.data.resolve(), workdir)
+    started, started_utc, seconds = time.perf_counter(), now(), {}
+    data = args.data.resolve()
+    checkpoint = pretrain_pipeline(data, workdir, budget, seconds)
+    downstream = downstream_dir(data, workdir)
     tasks = available_tasks(downstream)
     if args.tasks:
         wanted = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
@@ -360,6 +364,7 @@ def main() -> None:
     def write(partial: bool) -> None:
         """The JSON so far: a long run that is stopped still leaves its finished rows."""
         payload = {
+            "provenance": provenance(("torch", "tokenizers", "transformers"), started_utc),
             "budget": asdict(budget) | {"quick": args.quick, "tasks": list(tasks), "seed": args.seed},
             "pretrain": checkpoint.summary,
             "pretrain_validation_curve": validation_curve(workdir),
@@ -368,7 +373,9 @@ def main() -> None:
             "partial": partial,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         }
-        args.out.write_text(json.dumps(payload, indent=2))
+        text = json.dumps(payload, indent=2)  # reports name their data dir: no machine's paths in results
+        text = text.replace(str(workdir), "<workdir>").replace(str(data), portable_path(data))
+        args.out.write_text(text)
 
     for name, options in runs.items():
         start = time.perf_counter()
