@@ -54,8 +54,3 @@ def chunks(tags: Sequence[str]) -> list[Chunk]:
             found.append((tag[2:], i, i))
         previous = tag
     return found
-
-
-def entity_types(tags: Sequence[str]) -> tuple[str, ...]:
-    """The entity types a tag set names, sorted (``B-PER``, ``I-PER``, ``O`` -> ``("PER",)``)."""
-    return tuple(sorted({t[2:] for t in tags if t != "O"}))

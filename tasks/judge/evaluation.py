@@ -28,7 +28,7 @@ from tasks.downstream.modelset import median_seed, seed_sets
 from tasks.downstream.scoring import ScoringConfig, evaluate_model_set
 from tasks.downstream.tasks import TASKS, check_task_names, get_task
 from tasks.store.artifact import Artifact
-from tasks.store.digest import code_digest, files_digest, json_digest
+from tasks.store.digest import code_digest, json_digest, sha256_file
 from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def suite(cfg: EvalConfig) -> dict[str, Any]:
     the same suite; their sha256 tells edited data apart.
     """
     root = Path(cfg.data_dir)  # files named as the data dir lays them out, not where a symlink resolves
-    files = {p.relative_to(root).as_posix(): next(iter(files_digest([p]).values())) for p in dev_files(cfg)}
+    files = {p.relative_to(root).as_posix(): sha256_file(p) for p in dev_files(cfg)}
     settings = cfg.model_dump(mode="json", exclude=set(NOT_SCORE_SETTINGS))
     payload = {"tasks": list(cfg.tasks), "settings": settings, "dev_files": files}
     payload["scoring_code"] = code_digest(SCORING_CODE)

@@ -66,10 +66,13 @@ class MultiTaskBatchSource:
         picks = np.random.default_rng([seed, 0]).choice(
             len(self.tasks), size=num_batches, p=[rates[t] for t in self.tasks]
         )  # (num_batches,) task index per step
-        self.group_by_length = group_by_length
-        self.schedule: list[tuple[str, np.ndarray]] = self._assign_indices(picks, batch_size, seed)
+        self.schedule: list[tuple[str, np.ndarray]] = self._assign_indices(
+            picks, batch_size, seed, group_by_length
+        )
 
-    def _assign_indices(self, picks: np.ndarray, batch_size: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    def _assign_indices(
+        self, picks: np.ndarray, batch_size: int, seed: int, group_by_length: bool
+    ) -> list[tuple[str, np.ndarray]]:
         """Each task's epoch permutations cut into batches (length-grouped if asked), in step order."""
         streams: dict[int, np.ndarray] = {}
         for k, name in enumerate(self.tasks):
@@ -78,7 +81,7 @@ class MultiTaskBatchSource:
             rng = np.random.default_rng([seed, 1 + k])
             epochs = [rng.permutation(n) for _ in range(max(1, math.ceil(needed / n)))]
             stream = np.concatenate(epochs)[:needed].reshape(-1, batch_size)  # (steps of task k, B)
-            if self.group_by_length:
+            if group_by_length:
                 lengths = np.array([len(f.input_ids) for f in self.features[name]])
                 stream = length_grouped(stream, lengths, np.random.default_rng([seed, 1 + k, 1]))
             streams[k] = stream
