@@ -40,8 +40,10 @@ chromium:
 	      || echo "make: apt-get install chromium failed: the browser test will be skipped"; \
 	  else echo "make: no chromium and no root apt-get: the browser test will be skipped"; fi; }
 
+# Two xdist workers, whole files each, the longest first (tests/conftest.py): ~40 % of one worker's
+# time is spent waiting on servers, subprocesses and files, so two fill the two cores.
 test: lint chromium
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 clean:
 	rm -rf $(WORKDIR)

@@ -2,8 +2,8 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.serve --workdir-root /srv/bertflow
 
-registers, for every chosen preset, ``bertflow-pipeline/<preset>``, ``bertflow-data/<preset>``
-and ``bertflow-pretrain/<preset>`` with the preset as default parameters (plus
+registers, for every chosen preset, ``bertflow-pipeline/<preset>``, ``bertflow-data/<preset>``,
+``bertflow-pretrain/<preset>`` and ``bertflow-sweep/<preset>`` with the preset as default parameters (plus
 ``bertflow-compare/latest``), and runs their
 flow runs in subprocesses of this one until it is stopped. Schedules (``--schedules``):
 the full pipeline nightly (its data and pre-training stages are reused from the workdir
@@ -24,7 +24,13 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 
-from flows.deployed import compare_deployment, data_deployment, pipeline_deployment, pretrain_deployment
+from flows.deployed import (
+    compare_deployment,
+    data_deployment,
+    pipeline_deployment,
+    pretrain_deployment,
+    sweep_deployment,
+)
 
 NIGHTLY = "0 2 * * *"  # 02:00 every day
 WEEKLY = "0 3 * * 6"  # 03:00 every Saturday
@@ -48,6 +54,10 @@ def build_deployments(presets: list[str], workdir_root: Path, schedules: bool) -
             ),
             data_deployment.to_deployment(
                 name=preset, parameters=params, tags=tags, description="Data phase: ingest to packed corpus",
+            ),
+            sweep_deployment.to_deployment(
+                name=preset, parameters=params, tags=[*tags, "sweep"], concurrency_limit=ONE_AT_A_TIME,
+                description="Sweep: a search space's trials on this preset, ranked on held-out train data.",
             ),
         ]  # fmt: skip
     compare_params = {

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.FIELD=VALUE",
         help="override a preset value, e.g. --set pretrain.train.max_steps=200 (repeatable)",
     )
+    add_sweep_parser(sub)
     sub.add_parser("presets", help="list the presets")
     add_server_parser(sub)
     add_compare_parser(sub)
@@ -46,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_evaluate_parser(sub)
     return parser
+
+
+def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
+    sweep = sub.add_parser("sweep", help="run a family of configurations (Optuna) and gate the best")
+    sweep.add_argument("--preset", required=True, help="preset name or .toml path the trials start from")
+    sweep.add_argument("--space", required=True, help="search-space TOML, or a name in deployments/spaces")
+    sweep.add_argument("--trials", required=True, type=int, help="COMPLETE trials to reach")
+    sweep.add_argument("--workdir", required=True, type=Path, help="where trials write and share stages")
+    sweep.add_argument("--parallel", type=int, default=1, help="trials at once (default 1)")
+    sweep.add_argument("--storage", help="Optuna storage URL (default: SQLite in <workdir>/sweep/)")
+    sweep.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+        help="override a preset value for every trial (repeatable)",
+    )  # fmt: skip
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
@@ -128,6 +143,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n" + "\n".join(closing_lines(result.registration, result.tracking_uri)))
     print(f"\nMLflow: {result.tracking_uri} (parent run {result.parent_run_id})")
     print(f"  browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.sweep import sweep_with_runner
+    from tasks.judge.register import closing_lines
+    from tasks.run.pipeline_run import format_table
+
+    if args.trials < 1 or args.parallel < 1:
+        raise ValueError("--trials and --parallel must be at least 1")
+    result = sweep_with_runner(args.parallel)(
+        preset=args.preset, space_file=args.space, trials=args.trials, workdir=str(args.workdir.resolve()),
+        parallel=args.parallel, storage=args.storage, overrides=args.overrides,
+    )  # fmt: skip
+    print(f"\nSweep {result.study_name}: {result.trials} trials, ranked on selection {result.metric}")
+    print(result.table_markdown)
+    print(f"\nBest trial {result.best_trial}: {result.best_params} (selection {result.metric} "
+          f"{result.best_selection_value:.2f}); its dev-set scores, scored once:")  # fmt: skip
+    print(format_table(result.dev_scores))
+    if result.registration:
+        print("\n" + "\n".join(closing_lines(result.registration, result.tracking_uri)))
+    print(f"\nMLflow: {result.tracking_uri} (sweep run {result.parent_run_id}); Optuna: {result.storage}")
+    print("files: " + ", ".join(result.files))
     return 0
 
 
@@ -214,6 +252,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 COMMANDS = {
     "evaluate": cmd_evaluate,
     "run": cmd_run,
+    "sweep": cmd_sweep,
     "presets": cmd_presets,
     "server": cmd_server,
     "compare": cmd_compare,

@@ -14,10 +14,12 @@ from pathlib import Path
 from prefect import flow
 
 from flows.pipeline import PipelineResult, data_flow, pipeline, pretrain_flow
+from flows.sweep import SweepResult, sweep_with_runner
 from tasks.commands.compare import compare
 from tasks.run.params import PipelineParameters
 from tasks.run.pipeline_run import pipeline_session
 from tasks.store.artifact import Artifact
+from tasks.sweep.params import SweepParameters
 
 
 @flow(name="bertflow-pipeline", validate_parameters=True)
@@ -60,3 +62,13 @@ def compare_deployment(
     publishes them as the ``model-comparison`` Prefect artifact; returns the markdown table.
     """
     return compare(tracking_uri, Path(out_dir), model=model, experiment=experiment, limit=limit).markdown
+
+
+@flow(name="bertflow-sweep", validate_parameters=True)
+def sweep_deployment(params: SweepParameters) -> SweepResult:
+    """``bertflow sweep``: trials chosen by Optuna, ranked on the selection split, the best one gated."""
+    return sweep_with_runner(params.parallel)(
+        preset=params.preset, space_file=params.space, trials=params.trials,
+        workdir=str(Path(params.workdir).resolve()), parallel=params.parallel, storage=params.storage,
+        overrides=params.overrides,
+    )  # fmt: skip

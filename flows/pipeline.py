@@ -14,7 +14,7 @@ from tasks.data.tokenizer import TokenizerConfig
 from tasks.demo.stage import DemoConfig
 from tasks.judge.evaluation import EvalConfig
 from tasks.run.config import PipelineConfig
-from tasks.run.context import StageContext
+from tasks.run.context import RunLink, StageContext
 from tasks.run.pipeline_run import pipeline_session, publish_scores
 from tasks.run.stages import (
     dedup_task,
@@ -42,6 +42,8 @@ class PipelineResult(BaseModel):
     experiment_id: str
     tracking_uri: str
     scores: list[dict[str, object]]
+    summaries: dict[str, dict[str, object]]
+    pretrain_summary: dict[str, object]
     registration: Artifact | None
 
 
@@ -78,7 +80,7 @@ def finetune_evaluate_flow(
 
 
 @flow(name="pipeline")
-def pipeline(config: PipelineConfig, workdir: str) -> PipelineResult:
+def pipeline(config: PipelineConfig, workdir: str, link: RunLink | None = None) -> PipelineResult:
     """corpus -> model registry, tracked as one MLflow parent run with a child run per stage.
 
     1. open the parent MLflow run (tagged with this flow run's id)
@@ -88,8 +90,10 @@ def pipeline(config: PipelineConfig, workdir: str) -> PipelineResult:
        randomly initialised one on the same budget)
     5. register the pre-trained model's fine-tuned checkpoint; the gate promotes it only if
        it beats the champion on the same suite (and its own random-init baseline)
+
+    ``link`` makes the MLflow run a named child of another run (a sweep's trial).
     """
-    with pipeline_session(config, Path(workdir)) as ctx:
+    with pipeline_session(config, Path(workdir), link) as ctx:
         data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
         checkpoint = pretrain_flow(config.pretrain, data, ctx)
         tuned, report = finetune_evaluate_flow(
@@ -110,5 +114,7 @@ def pipeline(config: PipelineConfig, workdir: str) -> PipelineResult:
         experiment_id=ctx.experiment_id,
         tracking_uri=ctx.tracking_uri,
         scores=scores,
+        summaries={label: dict(report.summary) for label, report in reports.items()},
+        pretrain_summary=dict(checkpoint.summary),
         registration=registration,
     )

@@ -30,12 +30,19 @@ def tracked_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
-    """Yield a new run's id; end it FINISHED, FAILED (exception) or KILLED (interrupt / SystemExit).
+    """Yield a new run's id; end it FINISHED, FAILED (exception) or KILLED (interrupt / SystemExit)."""
+    run_id = tracker.start_run(experiment_id, name, parent_run_id=parent_run_id, tags=tags)
+    with ended_with_outcome(tracker, run_id):
+        yield run_id
+
+
+@contextmanager
+def ended_with_outcome(tracker: Tracker, run_id: str) -> Iterator[str]:
+    """End an open run FINISHED, FAILED (exception) or KILLED (interrupt / SystemExit) as the body ends.
 
     If ending the run fails while the body's own error propagates, the body's error wins
     (it says what went wrong first) and the failure to end the run is logged.
     """
-    run_id = tracker.start_run(experiment_id, name, parent_run_id=parent_run_id, tags=tags)
     status = "FAILED"
     try:
         yield run_id

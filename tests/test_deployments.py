@@ -9,9 +9,10 @@ import yaml
 from pydantic import ValidationError
 
 from deployments.serve import NIGHTLY, WEEKLY, build_deployments
-from flows.deployed import data_deployment, pipeline_deployment, pretrain_deployment
+from flows.deployed import data_deployment, pipeline_deployment, pretrain_deployment, sweep_deployment
 from tasks.run.config import PresetError
 from tasks.run.params import PipelineParameters
+from tasks.sweep.params import SweepParameters
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,8 +59,8 @@ def test_bad_values_are_rejected_before_work(tmp_path: Path) -> None:
 def test_served_deployments_have_presets_schedules_and_gpu_limits(tmp_path: Path) -> None:
     deployments = build_deployments(["tiny", "base"], tmp_path, schedules=True)
     by_key = {(d.flow_name, d.name): d for d in deployments}
-    assert set(by_key) == {(f, p) for f in ("bertflow-pipeline", "bertflow-pretrain", "bertflow-data")
-                           for p in ("tiny", "base")} | {("bertflow-compare", "latest")}  # fmt: skip
+    flows = ("bertflow-pipeline", "bertflow-pretrain", "bertflow-data", "bertflow-sweep")
+    assert set(by_key) == {(f, p) for f in flows for p in ("tiny", "base")} | {("bertflow-compare", "latest")}
     base = by_key[("bertflow-pipeline", "base")]
     assert base.parameters == {"params": {"preset": "base", "workdir": str(tmp_path.resolve() / "base")}}
     assert base.schedules[0].schedule.cron == NIGHTLY
@@ -71,11 +72,12 @@ def test_served_deployments_have_presets_schedules_and_gpu_limits(tmp_path: Path
 def test_prefect_yaml_points_at_real_flows_with_valid_defaults() -> None:
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     flows = {"pipeline_deployment": pipeline_deployment, "pretrain_deployment": pretrain_deployment,
-             "data_deployment": data_deployment}  # fmt: skip
+             "data_deployment": data_deployment, "sweep_deployment": sweep_deployment}  # fmt: skip
     for deployment in spec["deployments"]:
         path, _, name = deployment["entrypoint"].partition(":")
         assert (REPO / path).is_file() and name in flows
-        PipelineParameters.model_validate(deployment["parameters"]["params"])
+        form = SweepParameters if flows[name] is sweep_deployment else PipelineParameters
+        form.model_validate(deployment["parameters"]["params"])
         if flows[name] is not data_deployment:
             assert deployment["concurrency_limit"] == 1
     gpu = [d for d in spec["deployments"] if d["entrypoint"].endswith("pretrain_deployment")]

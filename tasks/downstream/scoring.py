@@ -13,11 +13,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer
 
 from models.io import load_multitask
@@ -33,6 +33,7 @@ from tasks.downstream.features import (
 )
 from tasks.downstream.glue import GlueExample
 from tasks.downstream.modelset import member_dir
+from tasks.downstream.selection import SelectionSplit, split_examples
 from tasks.downstream.spans import best_spans
 from tasks.downstream.squad import SquadExample
 from tasks.downstream.tasks import DevSplit, TaskSpec, get_task
@@ -65,9 +66,35 @@ class ScoringConfig(BaseModel):
         description="SQuAD v2: predict no answer when null score minus best span score exceeds this.",
     )
     batch_size: int = Field(64, ge=1, le=4096, description="Inference batch size.")
+    split: Literal["dev", "selection"] = Field(
+        "dev",
+        description="Score the dev files, or the selection split held out of each task's train file.",
+    )
+    selection: SelectionSplit | None = Field(None, description="The held-out slice when split='selection'.")
     max_examples_per_task: int | None = Field(
         None, ge=1, description="Score only the first N dev examples per file (smoke runs); None = all."
     )
+
+    @model_validator(mode="after")
+    def _selection_given(self) -> ScoringConfig:
+        if (self.split == "selection") != (self.selection is not None):
+            raise ValueError("split='selection' needs selection (the held-out slice), and only it takes one")
+        return self
+
+
+def scored_examples(cfg: ScoringConfig, spec: TaskSpec) -> list[tuple[DevSplit, list[Any]]]:
+    """What is scored for one task: each dev file, or the selection slice of its train file.
+
+    A selection split is one slice per task, so its metrics carry no dev-file suffix (MNLI
+    reports ``accuracy``, not ``accuracy_matched``/``_mismatched``).
+    """
+    cap = cfg.max_examples_per_task
+    if cfg.split == "selection":
+        assert cfg.selection is not None
+        examples = read_examples(cfg.data_dir, spec, spec.train_file)
+        held_out = split_examples(examples, spec.name, cfg.selection)[1]
+        return [(DevSplit("", spec.train_file), held_out[:cap])]
+    return [(split, read_examples(cfg.data_dir, spec, split.file)[:cap]) for split in spec.dev_splits]
 
 
 def model_outputs(
@@ -232,8 +259,7 @@ def evaluate_one_task(
     metrics: dict[str, float] = {}
     rows: list[dict] = []
     counts: dict[str, int] = {}
-    for split in spec.dev_splits:
-        examples = read_examples(cfg.data_dir, spec, split.file)[: cfg.max_examples_per_task]
+    for split, examples in scored_examples(cfg, spec):
         features = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
         outputs = model_outputs(model, spec.name, features, cfg.batch_size)
         if spec.kind == "span":
@@ -302,4 +328,4 @@ def evaluate_model_set(
 def selection_score(per_task: Mapping[str, Mapping[str, float]]) -> float:
     """One number per model set, to rank seeds: the mean over tasks of each task's own headline mean
     (GLUE metrics averaged inside the task as in the GLUE score; SQuAD EM and F1)."""
-    return float(np.mean([np.mean([m[k] for k in get_task(t).metric_keys()]) for t, m in per_task.items()]))
+    return float(np.mean([np.mean([m[k] for k in get_task(t).metric_keys(m)]) for t, m in per_task.items()]))

@@ -7,6 +7,7 @@ metric name the GLUE metric already knows).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,8 +60,14 @@ class TaskSpec:
             return len(self.labels)
         return 1 if self.kind == "regression" else 2
 
-    def metric_keys(self) -> tuple[str, ...]:
-        """Names of the task's reported numbers, e.g. MNLI -> accuracy_matched, accuracy_mismatched."""
+    def metric_keys(self, reported: Mapping[str, float] | None = None) -> tuple[str, ...]:
+        """Names of the task's reported numbers, e.g. MNLI -> accuracy_matched, accuracy_mismatched.
+
+        With ``reported`` (a task's scores) from a selection split, one slice with no dev-file
+        suffix, the plain metric names.
+        """
+        if reported is not None and len(self.dev_splits) > 1 and all(m in reported for m in self.metrics):
+            return self.metrics
         return tuple(
             f"{metric}_{split.suffix}" if split.suffix else metric
             for split in self.dev_splits

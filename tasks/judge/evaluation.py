@@ -54,8 +54,10 @@ class EvalConfig(ScoringConfig):
 
 
 def dev_files(cfg: EvalConfig, workdir: Path | None = None) -> list[Path]:
-    """Every dev file the evaluation reads."""
+    """Every file the evaluation reads: the dev files, or the train files a selection split is cut from."""
     specs = [get_task(name) for name in cfg.tasks]
+    if cfg.split == "selection":
+        return [task_file(cfg.data_dir, s, s.train_file) for s in specs]
     return [task_file(cfg.data_dir, s, split.file) for s in specs for split in s.dev_splits]
 
 

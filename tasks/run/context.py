@@ -7,6 +7,16 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 
+class RunLink(BaseModel):
+    """Where a pipeline run hangs in MLflow when another run drives it (a sweep's trials)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    parent_run_id: str
+    name: str
+    tags: dict[str, str] = {}
+
+
 class StageContext(BaseModel):
     """Where a pipeline run writes and tracks; the same for every stage of one run."""
 

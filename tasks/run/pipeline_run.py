@@ -20,7 +20,7 @@ from registry.lifecycle import close_orphans, tracked_run
 from registry.tracking import Tracker, default_tracking_uri
 from tasks.procs import is_alive
 from tasks.run.config import PipelineConfig
-from tasks.run.context import StageContext
+from tasks.run.context import RunLink, StageContext
 from tasks.run.contract import run_tags
 from tasks.run.prefect_io import in_prefect_run
 from tasks.store.artifact import Artifact
@@ -44,8 +44,13 @@ def check_tracking(config: PipelineConfig, workdir: Path) -> str:
 
 
 @contextmanager
-def pipeline_session(config: PipelineConfig, workdir: Path) -> Iterator[StageContext]:
-    """The parent run of one pipeline run, ended FINISHED / FAILED / KILLED as the body ends."""
+def pipeline_session(
+    config: PipelineConfig, workdir: Path, link: RunLink | None = None
+) -> Iterator[StageContext]:
+    """The parent run of one pipeline run, ended FINISHED / FAILED / KILLED as the body ends.
+
+    ``link``: the run is a child of ``link.parent_run_id`` (a sweep), named and tagged by it.
+    """
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = resolve_tracking_uri(config, workdir)
@@ -60,7 +65,9 @@ def pipeline_session(config: PipelineConfig, workdir: Path) -> Iterator[StageCon
     flow_run_id = str(runtime.flow_run.id) if in_prefect_run() else ""
     ctx = StageContext(workdir=str(workdir), tracking_uri=uri, experiment_id=experiment_id, parent_run_id="")
     tags = {"bertflow.preset": config.preset, "prefect.flow_run_id": flow_run_id or "none", **run_tags(ctx)}
-    with tracked_run(tracker, experiment_id, f"pipeline-{config.preset}", tags=tags) as run_id:
+    name, parent = (link.name, link.parent_run_id) if link else (f"pipeline-{config.preset}", None)
+    tags |= link.tags if link else {}
+    with tracked_run(tracker, experiment_id, name, parent_run_id=parent, tags=tags) as run_id:
         tracker.log_params(run_id, config.model_dump(mode="json"))
         yield ctx.model_copy(update={"parent_run_id": run_id})
 

@@ -44,6 +44,7 @@ from tasks.data.tokenizer import TOKENIZER_FILES
 from tasks.downstream.features import Features, encode_examples, read_examples, task_file
 from tasks.downstream.modelset import FINETUNE_INFO, write_members
 from tasks.downstream.scoring import ScoringConfig, evaluate_model_set, selection_score
+from tasks.downstream.selection import split_examples
 from tasks.downstream.tasks import TaskSpec, get_task
 from tasks.engine.device import pick_device
 from tasks.engine.finetune_objectives import MultiTaskObjective
@@ -98,14 +99,25 @@ def train_features(
     """
     out = {}
     for k, spec in enumerate(specs):
-        examples = read_examples(cfg.data_dir, spec, spec.train_file)
-        cap = cfg.max_train_examples_per_task
-        if cap is not None and len(examples) > cap:
-            rng = np.random.default_rng([cfg.seeds[0], 1000 + k])
-            examples = [examples[i] for i in np.sort(rng.choice(len(examples), cap, replace=False))]
+        examples = training_examples(cfg, spec, k)
         out[spec.name] = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
         log.info("%s: %d train examples -> %d features", spec.name, len(examples), len(out[spec.name]))
     return out
+
+
+def training_examples(cfg: FinetuneConfig, spec: TaskSpec, k: int) -> list:
+    """The task's train file, less the selection split when ``hold_out`` is set, after the optional cap.
+
+    The cap's subset is drawn with the FIRST seed and shared by all seeds (``k``: the task's position).
+    """
+    examples = read_examples(cfg.data_dir, spec, spec.train_file)
+    if cfg.hold_out is not None:
+        examples = split_examples(examples, spec.name, cfg.hold_out)[0]
+    cap = cfg.max_train_examples_per_task
+    if cap is not None and len(examples) > cap:
+        rng = np.random.default_rng([cfg.seeds[0], 1000 + k])
+        examples = [examples[i] for i in np.sort(rng.choice(len(examples), cap, replace=False))]
+    return examples
 
 
 def run_settings(cfg: FinetuneConfig, steps: int) -> TrainSettings:
@@ -218,8 +230,12 @@ def write_output(out: Path, model: MultiTaskModel, checkpoint_dir: Path, specs: 
 def pick_median_seed(
     cfg: FinetuneConfig, specs: Sequence[TaskSpec], sets: Mapping[int, Path]
 ) -> tuple[int, dict]:
-    """(median seed, {seed: dev selection score}): each seed's set scored on the tasks' dev sets."""
-    eval_cfg = ScoringConfig(data_dir=cfg.data_dir, max_seq_len=cfg.max_seq_len, doc_stride=cfg.doc_stride)
+    """(median seed, {seed: score}): each seed's set scored on the dev sets, or on the held-out
+    selection split when there is one (a sweep's trials never look at the dev sets)."""
+    split = {"split": "selection", "selection": cfg.hold_out} if cfg.hold_out is not None else {}
+    eval_cfg = ScoringConfig(
+        data_dir=cfg.data_dir, max_seq_len=cfg.max_seq_len, doc_stride=cfg.doc_stride, **split
+    )
     scores = {
         seed: selection_score(evaluate_model_set(eval_cfg, d, specs).per_task) for seed, d in sets.items()
     }
@@ -282,7 +298,7 @@ def task_files(cfg: FinetuneConfig, workdir: Path) -> list[Path]:
     """The downstream files fine-tuning reads: train files, and dev files when seeds are ranked on them."""
     specs = [get_task(name) for name in cfg.tasks]
     files = [task_file(cfg.data_dir, s, s.train_file) for s in specs]
-    if len(cfg.seeds) > 1:
+    if len(cfg.seeds) > 1 and cfg.hold_out is None:
         files += [task_file(cfg.data_dir, s, split.file) for s in specs for split in s.dev_splits]
     return files
 

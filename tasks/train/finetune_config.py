@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.heads import Pooling
+from tasks.downstream.selection import SelectionSplit
 from tasks.downstream.tasks import TASKS, check_task_names
 from tasks.engine.settings import TrainSettings, with_defaults
 
@@ -79,6 +80,10 @@ class FinetuneConfig(BaseModel):
     )
     max_seq_len: int = Field(128, ge=8, le=4096, description="Token budget per input (pairs: longest-first).")
     doc_stride: int = Field(64, ge=1, le=4096, description="SQuAD: tokens between window starts.")
+    hold_out: SelectionSplit | None = Field(
+        None,
+        description="Keep this seeded slice of each task's train set out of training (a sweep's selection).",
+    )
     max_train_examples_per_task: int | None = Field(
         None, ge=1, description="Cap each task's train set (seeded random subset); None uses all."
     )

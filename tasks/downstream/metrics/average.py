@@ -21,7 +21,7 @@ def _included_tasks(per_task: Mapping[str, Mapping[str, float]], include_wnli: b
 
 def _task_score(name: str, metrics: Mapping[str, float]) -> float:
     """Mean of a task's own numbers (MRPC acc+F1, STS-B Pearson+Spearman, MNLI m+mm, ...)."""
-    keys = get_task(name).metric_keys()
+    keys = get_task(name).metric_keys(metrics)
     missing = [k for k in keys if k not in metrics]
     if missing:
         raise ValueError(f"glue_average: {name} lacks {missing} (has {sorted(metrics)})")

@@ -1,0 +1,140 @@
+"""The ``sweep`` flow: a family of pipeline runs chosen by Optuna, compared, and the best one gated.
+
+1. read the search space and check every dimension against the preset (before any trial)
+2. open (or continue) the Optuna study and the sweep's MLflow parent run
+3. run trials, up to ``parallel`` at once through Prefect's task runner; each is a pipeline
+   run (a child of the parent run) that reuses every stage it shares with earlier trials,
+   ranked on the selection split carved out of the training data
+4. score the best trial once on the dev sets and send it through the registry's gate
+5. publish the table and plots (files, MLflow, Prefect artifacts)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from flows.pipeline import PipelineResult, pipeline
+from tasks.run.config import load_config
+from tasks.run.context import RunLink
+from tasks.run.pipeline_run import resolve_tracking_uri
+from tasks.store.artifact import Artifact
+from tasks.sweep import study as studies
+from tasks.sweep.publish import publish
+from tasks.sweep.report import TrialOutcome
+from tasks.sweep.session import sweep_session
+from tasks.sweep.space import SpaceError, check_space, read_space, resolve_space
+from tasks.sweep.trials import final_updates, objective, pretrain_flops, study_name, trial_updates
+
+
+class SweepResult(BaseModel):
+    study_name: str
+    storage: str
+    parent_run_id: str
+    tracking_uri: str
+    trials: int
+    best_trial: int
+    best_params: dict[str, object]
+    best_selection_value: float
+    metric: str
+    dev_scores: list[dict[str, object]]
+    registration: Artifact | None
+    table_markdown: str
+    files: list[str]
+
+
+@task(name="sweep-trial")
+def trial_task(
+    config_updates: dict, preset: str, overrides: list[str], workdir: str, link: RunLink
+) -> PipelineResult:
+    """One trial: the pipeline on the preset with the trial's values (its stages reused where they can)."""
+    config = load_config(preset, Path(workdir), overrides, updates=config_updates)
+    return pipeline(config=config, workdir=workdir, link=link)
+
+
+@flow(name="sweep")
+def sweep(
+    preset: str,
+    space_file: str,
+    trials: int,
+    workdir: str,
+    parallel: int = 1,
+    storage: str | None = None,
+    overrides: list[str] | None = None,
+) -> SweepResult:
+    """Run ``trials`` trials of the search space in ``space_file`` on ``preset`` (see the module doc)."""
+    root, overrides = Path(workdir).resolve(), list(overrides or [])
+    space = read_space(resolve_space(space_file))
+    base = check_space(space, preset, root, overrides)
+    if space.sampler == "grid" and trials > space.grid_size():
+        raise SpaceError(
+            f"{space_file}: the grid has {space.grid_size()} points, fewer than --trials {trials}"
+        )
+    name = study_name(preset, base, overrides, space)
+    url = storage or studies.default_storage(root)
+    study = studies.open_study(space, name, url)
+    uri = resolve_tracking_uri(base, root)
+    params = {
+        "preset": preset,
+        "space": space.identity(),
+        "trials": trials,
+        "parallel": parallel,
+        "storage": url,
+    }
+    with sweep_session(study, root, uri, base.tracking.experiment, f"sweep-{preset}", params) as run:
+        pending = studies.left_over(study, space)
+        while (left := trials - len(studies.complete(study))) > 0:
+            batch = pending[: min(parallel, left)]
+            pending = pending[len(batch) :]
+            batch += [studies.ask(study, space) for _ in range(min(parallel, left) - len(batch))]
+            futures = [
+                trial_task.submit(
+                    trial_updates(space, plan.params), preset, overrides, str(root),
+                    RunLink(parent_run_id=run.run_id, name=f"trial-{plan.number}",
+                            tags={"bertflow.sweep.trial": str(plan.number)}),
+                )
+                for plan in batch
+            ]  # fmt: skip
+            for plan, future in zip(batch, futures, strict=True):
+                try:
+                    result = future.result()
+                    value = objective(result.summaries["pretrained"], space.metric)
+                except BaseException:
+                    study.tell(plan.number, state=studies.TrialState.FAIL)
+                    raise
+                study.tell(plan.number, value)
+                flops = pretrain_flops(result.pretrain_summary)
+                study.set_user_attr(
+                    f"trial-{plan.number}", {"run_id": result.parent_run_id, "pretrain_flops": flops}
+                )
+        outcomes = [
+            TrialOutcome(t.number, dict(t.params), float(t.value), **_trial_attrs(study, t.number))
+            for t in studies.complete(study)
+        ]
+        best = study.best_trial
+        final_config = load_config(preset, root, overrides, updates=final_updates(space, best.params))
+        final = pipeline(
+            config=final_config, workdir=str(root),
+            link=RunLink(parent_run_id=run.run_id, name=f"best-trial-{best.number}-dev",
+                         tags={"bertflow.sweep.best_trial": str(best.number)}),
+        )  # fmt: skip
+        published = publish(space, outcomes, best.number, final, run, root / "sweep" / name)
+    return SweepResult(
+        study_name=name, storage=url, parent_run_id=run.run_id, tracking_uri=uri, trials=len(outcomes),
+        best_trial=best.number, best_params=dict(best.params), best_selection_value=float(best.value),
+        metric=space.metric, dev_scores=final.scores, registration=final.registration,
+        table_markdown=published.markdown, files=[str(p) for p in published.files],
+    )  # fmt: skip
+
+
+def _trial_attrs(study: studies.optuna.Study, number: int) -> dict[str, object]:
+    attrs = study.user_attrs.get(f"trial-{number}", {})
+    return {"run_id": attrs.get("run_id", ""), "pretrain_flops": float(attrs.get("pretrain_flops", 0.0))}
+
+
+def sweep_with_runner(parallel: int):
+    """The sweep flow with a thread-pool task runner of ``parallel`` workers (trials run side by side)."""
+    return sweep.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max(1, parallel)))

@@ -1,0 +1,205 @@
+"""`bertflow sweep`: the space is checked before any trial, trials reuse shared stages, a killed
+sweep resumes without redoing finished trials, and the selection split never leaks into training.
+
+The end-to-end test runs a real ``bertflow sweep`` process on the shrunken tiny preset with a
+6-point fine-tuning-only grid, two trials at a time, SIGKILLs it once three trials are
+COMPLETE in the Optuna store, runs the same command again, and checks what it left: six
+COMPLETE trials whose first three were not run again, one pre-training for all of them, one
+MLflow parent with a child per trial plus the best trial's dev run, the table and plots there
+and in the workdir, and a registered model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.downstream.features import read_examples
+from tasks.downstream.selection import SelectionSplit, SelectionSplitError, selection_indices, split_examples
+from tasks.downstream.tasks import get_task
+from tasks.run.config import load_config
+from tasks.sweep.space import SpaceError, check_space, grid_points, read_space
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = [
+    "demo.n_corpus_docs=600", "demo.n_train=80", "demo.n_dev=40", "tokenizer.vocab_size=512",
+    "pretrain.train.max_steps=10", "pretrain.train.eval_every=10", "pretrain.eval_batches=2",
+    "finetune.train.max_steps=4", "evaluate.max_examples_per_task=12",
+    "registry.model_name=sweep-test",
+]  # fmt: skip
+GRID = """\
+[sweep]
+metric = "glue_avg"
+sampler = "grid"
+selection_size = 20
+
+[params]
+"finetune.train.lr" = [1e-4, 3e-4, 1e-3]
+finetune.batch_size = {choice = [4, 8]}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return path
+
+
+def checked(tmp_path: Path, text: str) -> None:
+    check_space(read_space(write(tmp_path, text)), "tiny", tmp_path, FAST)
+
+
+def test_grid_space_reads_and_lists_every_point(tmp_path: Path) -> None:
+    space = read_space(write(tmp_path, GRID))
+    assert [p.path for p in space.params] == ["finetune.train.lr", "finetune.batch_size"]
+    assert space.grid_size() == 6 and len(grid_points(space)) == 6
+    assert space.selection == SelectionSplit(size=20, seed=0)
+    check_space(space, "tiny", tmp_path, FAST)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            '"finetune.train.lrr" = [1e-4, 2e-4]',
+            "params.finetune.train.lrr (line 3): value 0.0001 is rejected",
+        ),
+        ('"pretrain.train.lr" = {range = [1e-3, 1e-3]}', "an empty range [0.001, 0.001]"),
+        ('"finetune.train.lr" = []', "an empty list of values"),
+        ('"finetune.batch_size" = [32]', "every value equals the preset's: this dimension changes nothing"),
+        ('"finetune.batch_size" = [0, 8]', "value 0 is rejected"),
+        ('"finetune.train.max_steps" = [4, 8]', "also set by --set finetune.train.max_steps=..."),
+        ('"finetune.hold_out.size" = [5, 10]', "set by the sweep itself"),
+        ('"finetune.train.lr" = {range = [1e-4, 1e-3]}', "the grid sampler needs a list of values"),
+        ('"finetune.train.lr" = {log_range = [0, 1e-3]}', "a log_range needs low > 0"),
+    ],
+)
+def test_bad_space_is_refused_naming_file_key_and_line(tmp_path: Path, params: str, message: str) -> None:
+    text = f'[params]\n\n{params}\n\n[sweep]\nsampler = "grid"\n'  # the parameter on line 3
+    with pytest.raises(SpaceError) as err:
+        checked(tmp_path, text)
+    assert str(tmp_path / "space.toml") in str(err.value) and message in str(err.value)
+
+
+def test_unknown_metric_and_empty_space_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match=r"sweep\.metric 'CoLA/mcc' is not reported"):
+        checked(tmp_path, GRID.replace('metric = "glue_avg"', 'metric = "CoLA/mcc"'))
+    with pytest.raises(SpaceError, match=r"\[params\] is empty"):
+        checked(tmp_path, '[sweep]\nmetric = "glue_avg"\n')
+    with pytest.raises(SpaceError, match="invalid TOML"):
+        checked(tmp_path, "[params\n")
+
+
+def test_selection_split_is_seeded_disjoint_and_refuses_to_eat_the_train_set() -> None:
+    split = SelectionSplit(size=25, seed=3)
+    items = list(range(100))
+    kept, held = split_examples(items, "SST-2", split)
+    assert sorted(kept + held) == items and not set(kept) & set(held) and len(held) == 25
+    assert held == split_examples(items, "SST-2", split)[1]  # the same slice every time
+    assert held != split_examples(items, "MRPC", split)[1]  # tasks draw apart
+    assert held != split_examples(items, "SST-2", SelectionSplit(size=25, seed=4))[1]
+    with pytest.raises(SelectionSplitError, match="SST-2: holding out 26 of 100"):
+        selection_indices(100, "SST-2", SelectionSplit(size=26))
+
+
+def test_finetuning_never_sees_what_selection_scores(tmp_path: Path) -> None:
+    """The fine-tuning reader and the scoring reader split one train file into two disjoint parts."""
+    from tasks.demo.stage import make_demo_data
+    from tasks.downstream.scoring import scored_examples
+    from tasks.train.finetune import training_examples
+
+    split = {"size": 20, "seed": 1}
+    cfg = load_config(
+        "tiny", tmp_path, FAST,
+        updates={"finetune.hold_out": split, "evaluate.split": "selection", "evaluate.selection": split},
+    )  # fmt: skip
+    make_demo_data(cfg.demo, workdir=tmp_path)
+    for name in cfg.finetune.tasks:
+        spec = get_task(name)
+        everything = read_examples(cfg.finetune.data_dir, spec, spec.train_file)
+        trained = training_examples(cfg.finetune, spec, 0)
+        ((_, scored),) = scored_examples(
+            cfg.evaluate.model_copy(update={"max_examples_per_task": None}), spec
+        )
+        assert len(trained) + len(scored) == len(everything) and len(scored) == 20
+        assert not {repr(e) for e in trained} & {repr(e) for e in scored}
+
+
+def completed(storage: Path) -> int:
+    if not storage.is_file():
+        return 0
+    with sqlite3.connect(storage) as db:
+        try:
+            return db.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+def launch(workdir: Path, space: Path) -> subprocess.Popen:
+    sets = [f"--set={o}" for o in FAST]
+    command = [sys.executable, "-m", "flows.cli", "sweep", "--preset", "tiny", "--space", str(space),
+               "--trials", "6", "--parallel", "2", "--workdir", str(workdir), *sets]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sweep_runs_six_trials_pretrains_once_and_resumes_after_sigkill(tmp_path: Path) -> None:
+    workdir, space = tmp_path / "w", write(tmp_path, GRID)
+    storage = workdir / "sweep" / "optuna.db"
+    proc = launch(workdir, space)
+    deadline = time.monotonic() + 400
+    while completed(storage) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{storage}")
+    before = {t.number: (t.params, t.value) for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(before) >= 3
+
+    proc = launch(workdir, space)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{storage}")
+    done = {t.number: (t.params, t.value) for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(done) == 6 and all(done[n] == before[n] for n in before)  # finished trials kept as they were
+    assert sorted(json.dumps(p, sort_keys=True) for p, _ in done.values()) == sorted(
+        json.dumps(p, sort_keys=True) for p in grid_points(read_space(space))
+    )  # every grid point once
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+    pretrained = [d for d in (workdir / "pretrain").iterdir() if (d / "manifest.json").is_file()]
+    assert len(pretrained) == 1  # one pre-training shared by every trial and the final run
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("bertflow").experiment_id], "tags.`bertflow.sweep` != ''"
+    )
+    assert parent.info.status == "FINISHED"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    trial_runs = [
+        r for r in children if "bertflow.sweep.trial" in r.data.tags and r.info.status == "FINISHED"
+    ]
+    assert sorted(int(r.data.tags["bertflow.sweep.trial"]) for r in trial_runs) == sorted(done)
+    for number in before:  # a finished trial was not run again after the kill
+        assert sum(r.data.tags.get("bertflow.sweep.trial") == str(number) for r in children) == 1
+    assert any("bertflow.sweep.best_trial" in r.data.tags for r in children)
+    logged = {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
+    assert {"sweep/parallel_coordinates.png", "sweep/metric_vs_budget.png", "sweep/trials.md"} <= logged
+    assert "best_selection/glue_avg" in parent.data.metrics and "best_dev/glue_avg" in parent.data.metrics
+    assert client.search_model_versions("name = 'sweep-test'")
+    assert "Best trial" in out
