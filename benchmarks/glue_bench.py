@@ -57,6 +57,7 @@ from tasks.data.dedup import DedupConfig, dedup
 from tasks.data.ingest import IngestConfig, ingest
 from tasks.data.pack import PackConfig, pack
 from tasks.data.tokenizer import TokenizerConfig, train_tokenizer
+from tasks.downstream.selection import SelectionSplit
 from tasks.downstream.tasks import TASKS
 from tasks.engine.launch import JsonlSink
 from tasks.engine.settings import TrainSettings
@@ -103,6 +104,7 @@ class Budget:
     pooling: str  # sentence-level heads: "cls" (BERT) or "mean"
     precision: str  # "bf16" autocast for pre-training and fine-tuning, or "fp32"
     group_by_length: bool = False  # fine-tuning batches of similar lengths (less padding)
+    selection_size: int | None = None  # hold out N train examples per task, scored apart from dev
 
 
 QUICK = Budget(
@@ -249,7 +251,13 @@ def finetune_and_evaluate(
     **options: Any,
 ) -> dict:
     """One fine-tune run (FinetuneConfig options in `options`) and its dev report, with the fine-tune
-    stage's summary (steps, train losses, padding waste) under ``finetune_summary``."""
+    stage's summary (steps, train losses, padding waste) under ``finetune_summary``.
+
+    With ``budget.selection_size``, that many train examples per task are held out of fine-tuning
+    and scored as well: their report is under ``selection``, apart from the dev figures, so a
+    recipe can be chosen on ``selection`` and reported on dev.
+    """
+    held_out = SelectionSplit(size=budget.selection_size) if budget.selection_size else None
     cfg = FinetuneConfig(
         data_dir=str(downstream),
         tasks=tasks,
@@ -260,6 +268,7 @@ def finetune_and_evaluate(
         max_train_examples_per_task=budget.max_train_examples,
         pooling=budget.pooling,
         group_by_length=budget.group_by_length,
+        hold_out=held_out,
         **options,
     )
     tuned = finetune(cfg, checkpoint, workdir=workdir, sink=NullSink())
@@ -270,7 +279,12 @@ def finetune_and_evaluate(
         max_examples_per_task=budget.max_eval_examples,
     )
     report = evaluate_checkpoint(eval_cfg, tuned, workdir=workdir, sink=NullSink())
-    return json.loads(report.file(REPORT).read_text()) | {"finetune_summary": dict(tuned.summary)}
+    out = json.loads(report.file(REPORT).read_text()) | {"finetune_summary": dict(tuned.summary)}
+    if held_out is not None:
+        on_selection = eval_cfg.model_copy(update={"split": "selection", "selection": held_out})
+        selection = evaluate_checkpoint(on_selection, tuned, workdir=workdir, sink=NullSink())
+        out["selection"] = json.loads(selection.file(REPORT).read_text())
+    return out
 
 
 def headline(task: str, metrics: dict[str, float]) -> str:
@@ -303,6 +317,7 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
         "corpus_files": args.corpus_files,
         "precision": args.precision,
         "group_by_length": args.group_by_length or None,
+        "selection_size": args.selection_size,
     }
     return replace(budget, **{k: v for k, v in changes.items() if v is not None})
 
@@ -331,6 +346,10 @@ def main() -> None:
         "--tasks", default=None, help="comma-separated downstream tasks (default: all present)"
     )
     parser.add_argument("--group-by-length", action="store_true", help="length-grouped fine-tuning batches")
+    parser.add_argument(
+        "--selection-size", type=int, default=None,
+        help="hold out N train examples per task and report them apart (`selection`) from dev",
+    )  # fmt: skip
     parser.add_argument(
         "--runs",
         default=",".join(RUNS),

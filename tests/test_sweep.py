@@ -203,3 +203,33 @@ def test_sweep_runs_six_trials_pretrains_once_and_resumes_after_sigkill(tmp_path
     assert "best_selection/glue_avg" in parent.data.metrics and "best_dev/glue_avg" in parent.data.metrics
     assert client.search_model_versions("name = 'sweep-test'")
     assert "Best trial" in out
+
+
+def test_tpe_space_samples_inside_its_ranges_and_resumes_the_same_study(tmp_path: Path) -> None:
+    from tasks.sweep import study as studies
+
+    space = read_space(write(tmp_path, TPE))
+    storage = studies.default_storage(tmp_path)
+    first = studies.open_study(space, "s", storage)
+    plans = [studies.ask(first, space) for _ in range(3)]
+    for plan in plans:
+        assert 1e-5 <= plan.params["finetune.train.lr"] <= 1e-3
+        assert plan.params["finetune.train.max_steps"] in range(10, 41, 10)
+        assert plan.params["finetune.mixing"] in ("proportional", "equal")
+    first.tell(plans[0].number, 40.0)
+    again = studies.open_study(space, "s", storage)  # a new process on the same storage: the same study
+    left = studies.left_over(again, space)  # the two asked but never told are RUNNING: run again
+    assert [p.number for p in left] == [1, 2] and [p.params for p in left] == [p.params for p in plans[1:]]
+    assert [t.value for t in studies.complete(again)] == [40.0]
+
+
+TPE = """\
+[sweep]
+sampler = "tpe"
+seed = 3
+
+[params]
+"finetune.train.lr" = {log_range = [1e-5, 1e-3]}
+"finetune.train.max_steps" = {range = [10, 40], step = 10}
+"finetune.mixing" = ["proportional", "equal"]
+"""
