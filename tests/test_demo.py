@@ -28,7 +28,9 @@ from tasks.run.config import load_config
 from tasks.train.finetune import finetune
 from tasks.train.pretrain import pretrain
 
-pytestmark = pytest.mark.slow
+# On one worker thread of a slow 2-core VM this test took 508 s (BENCHMARKS.md "Test suite"): the
+# suite-wide 600 s limit would leave it too little room.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_demo_pretrained_beats_random_init_by_15_sst2_points(tmp_path: Path) -> None:
