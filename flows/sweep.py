@@ -103,13 +103,14 @@ def sweep(
                     result = future.result()
                     value = objective(result.summaries["pretrained"], space.metric)
                 except BaseException:
-                    study.tell(plan.number, state=studies.TrialState.FAIL)
+                    studies.fail(study, plan.number)
                     raise
-                study.tell(plan.number, value)
+                # recorded before the value, so every COMPLETE trial has its run and its cost
                 flops = pretrain_flops(result.pretrain_summary)
                 study.set_user_attr(
                     f"trial-{plan.number}", {"run_id": result.parent_run_id, "pretrain_flops": flops}
                 )
+                study.tell(plan.number, value)
         outcomes = [
             TrialOutcome(t.number, dict(t.params), float(t.value), **_trial_attrs(study, t.number))
             for t in studies.complete(study)
@@ -131,8 +132,8 @@ def sweep(
 
 
 def _trial_attrs(study: studies.optuna.Study, number: int) -> dict[str, object]:
-    attrs = study.user_attrs.get(f"trial-{number}", {})
-    return {"run_id": attrs.get("run_id", ""), "pretrain_flops": float(attrs.get("pretrain_flops", 0.0))}
+    attrs = study.user_attrs[f"trial-{number}"]
+    return {"run_id": attrs["run_id"], "pretrain_flops": float(attrs["pretrain_flops"])}
 
 
 def sweep_with_runner(parallel: int):

@@ -10,7 +10,6 @@ server, a link to the comparison run).
 
 from __future__ import annotations
 
-import base64
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from registry.compare import RunRow, collect, loss_history
 from registry.tracking import Tracker
-from tasks.run.prefect_io import in_prefect_run
+from tasks.run.prefect_io import in_prefect_run, inline_pngs
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +150,7 @@ def publish_prefect(
     tracker: Tracker, markdown: str, rows: Sequence[RunRow], plots: Sequence[Path], run_id: str
 ) -> None:
     """A Prefect markdown artifact: the table, the PNGs inline (data URIs) and the MLflow link."""
-    images = "\n\n".join(
-        f"![{p.stem}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})" for p in plots
-    )
+    images = inline_pngs(plots)
     link = ""
     if tracker.tracking_uri.startswith(("http://", "https://")):
         url = f"{tracker.tracking_uri.rstrip('/')}/#/experiments/{rows[0].experiment_id}/runs/{run_id}"

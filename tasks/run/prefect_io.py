@@ -6,7 +6,10 @@ need a Prefect context.
 
 from __future__ import annotations
 
+import base64
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 from prefect.artifacts import (
     create_link_artifact,
@@ -27,6 +30,13 @@ TRANSIENT_ERRORS = (ConnectionError, TimeoutError)
 def retry_on_io(task: object, task_run: object, state: State) -> bool:
     """Prefect retry condition: retry network/time-out failures only, never bad input."""
     return isinstance(state.result(raise_on_failure=False), TRANSIENT_ERRORS)
+
+
+def inline_pngs(paths: Sequence[Path]) -> str:
+    """Markdown images with the PNGs inline (data URIs): a Prefect artifact cannot point at local files."""
+    return "\n\n".join(
+        f"![{p.stem}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})" for p in paths
+    )
 
 
 def artifact_key(name: str) -> str:

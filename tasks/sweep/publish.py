@@ -8,7 +8,6 @@ half-written one.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from registry.tracking import Tracker
-from tasks.run.prefect_io import in_prefect_run
+from tasks.run.prefect_io import in_prefect_run, inline_pngs
 from tasks.sweep.report import TrialOutcome, markdown, plot_budget, plot_parallel, table_rows
 from tasks.sweep.session import SweepRun
 from tasks.sweep.space import SearchSpace
@@ -27,25 +26,25 @@ from tasks.sweep.space import SearchSpace
 
 @dataclass(frozen=True)
 class Published:
+    rows: list[dict[str, str]]
     markdown: str
     files: list[Path]
 
 
 def write_files(
-    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int, final: Any, out: Path
+    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: TrialOutcome, final: Any, out: Path
 ) -> Published:
-    rows = table_rows(space, outcomes, best)
+    rows = table_rows(space, outcomes, best.number)
     table = markdown(rows)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "trials.md").write_text(table + "\n")
-    best_outcome = next(o for o in outcomes if o.number == best)
     record = {
         "metric": space.metric, "direction": space.direction, "selection": space.selection.model_dump(),
-        "trials": [asdict(o) for o in outcomes], "best_trial": best, "best_params": best_outcome.params,
-        "best_selection_value": best_outcome.value,
-        "best_dev_summary": final.summaries.get("pretrained", {}),
+        "trials": [asdict(o) for o in outcomes], "best_trial": best.number, "best_params": best.params,
+        "best_selection_value": best.value,
+        "best_dev_summary": final.summaries["pretrained"],
         "best_dev_run_id": final.parent_run_id,
         "registration": final.registration.summary if final.registration is not None else None,
     }  # fmt: skip
@@ -55,28 +54,26 @@ def write_files(
     if out.exists():
         shutil.rmtree(out)  # the sweep's own output dir, from an earlier finish of the same study
     tmp.rename(out)
-    return Published(table, sorted(out.iterdir()))
+    return Published(rows, table, sorted(out.iterdir()))
 
 
 def publish(
     space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int, final: Any, run: SweepRun, out: Path
 ) -> Published:
-    published = write_files(space, outcomes, best, final, out)
+    best_outcome = next(o for o in outcomes if o.number == best)
+    published = write_files(space, outcomes, best_outcome, final, out)
     tracker = Tracker(run.tracking_uri)
     tracker.log_files(run.run_id, published.files, artifact_path="sweep")
-    best_outcome = next(o for o in outcomes if o.number == best)
-    dev = {f"best_dev/{k}": v for k, v in final.summaries.get("pretrained", {}).items()}
+    dev = {f"best_dev/{k}": v for k, v in final.summaries["pretrained"].items()}
     tracker.log_metrics(run.run_id, {f"best_selection/{space.metric}": best_outcome.value, **dev}, step=0)
     for o in outcomes:
         tracker.log_metrics(run.run_id, {f"trial_selection/{space.metric}": o.value}, step=o.number)
     if in_prefect_run():
-        rows = table_rows(space, outcomes, best)
         create_table_artifact(
-            rows, key="sweep-trials", description=f"Sweep trials, ranked on selection {space.metric}"
+            published.rows,
+            key="sweep-trials",
+            description=f"Sweep trials, ranked on selection {space.metric}",
         )
-        images = "\n\n".join(
-            f"![{p.stem}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})"
-            for p in published.files if p.suffix == ".png"
-        )  # fmt: skip
+        images = inline_pngs([p for p in published.files if p.suffix == ".png"])
         create_markdown_artifact(f"# Sweep\n\n{published.markdown}\n\n{images}", key="sweep-plots")
     return published

@@ -65,6 +65,11 @@ def complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
+def fail(study: optuna.Study, number: int) -> None:
+    """Mark a trial FAILED (its pipeline run raised): the next sweep asks its values again."""
+    study.tell(number, state=TrialState.FAIL)
+
+
 def suggest(trial: optuna.Trial, param: Param) -> object:
     """The trial's value of one dimension (sampled now, or the value it already has)."""
     if not param.is_range:

@@ -92,11 +92,7 @@ def single_head_copy(model: MultiTaskModel, name: str) -> MultiTaskModel:
 def train_features(
     cfg: FinetuneConfig, tokenizer: Tokenizer, specs: Sequence[TaskSpec]
 ) -> dict[str, list[Features]]:
-    """Tokenized training inputs per task, after the optional per-task cap.
-
-    The cap's subset is drawn with the FIRST seed and shared by all seeds, so seeds differ
-    in training randomness only, not in the data they see.
-    """
+    """Tokenized training inputs per task (`training_examples`: the hold-out and the cap applied)."""
     out = {}
     for k, spec in enumerate(specs):
         examples = training_examples(cfg, spec, k)
@@ -108,7 +104,8 @@ def train_features(
 def training_examples(cfg: FinetuneConfig, spec: TaskSpec, k: int) -> list:
     """The task's train file, less the selection split when ``hold_out`` is set, after the optional cap.
 
-    The cap's subset is drawn with the FIRST seed and shared by all seeds (``k``: the task's position).
+    The cap's subset is drawn with the FIRST seed and shared by all seeds (``k``: the task's position),
+    so seeds differ in training randomness only, not in the data they see.
     """
     examples = read_examples(cfg.data_dir, spec, spec.train_file)
     if cfg.hold_out is not None:
