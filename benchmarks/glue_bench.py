@@ -20,8 +20,10 @@ scored on the masked positions only, packed 128-token rows, bf16 autocast (CPUs 
 AVX512-BF16 or AMX; pass ``--precision fp32`` elsewhere), AdamW at 1e-3 with the schedule
 fitted to 50 minutes. Fine-tuning: 3,500 steps of 32 examples per run, about three passes
 over the mixture with examples-proportional mixing capped at K = 8,192 (run_glue's three
-epochs for the small tasks). ``--runs`` and ``--seed`` repeat a subset with another
-fine-tuning seed (finished stages are reused).
+epochs for the small tasks). ``--seed 0,1,2`` repeats every run per fine-tuning seed and
+reports per-metric medians; ``--runs`` picks a subset (finished stages are reused). ``--set
+FIELD=VALUE`` changes any other field of the budget (a recipe study's knobs: objective, masking
+rate, sequence length, vocabulary, positions, warm-up, schedule).
 
 SQuAD: DIR/squad/train.json + dev.json when present; otherwise the by-article split of
 the official dev set (DIR/squad/split-by-article/{train,eval}.json): its scores are NOT
@@ -29,9 +31,10 @@ comparable with published SQuAD dev numbers.
 
 Output JSON: ``{"budget": ..., "pretrained": report, "random_init": report,
 "single_task": report, "seconds": ...}`` where a report has ``per_task`` metrics (0-100),
-``glue_avg`` (without WNLI, named in ``glue_avg_name``), ``glue_avg_with_wnli`` and
-``squad``; ``pretrain_validation_curve`` holds the val_* figures logged while pre-training
-ran in this invocation; the file is rewritten after every run (``"partial": true`` until the
+``glue_avg`` (without WNLI, named in ``glue_avg_name``) and ``glue_avg_with_wnli``, each the
+median over the ``seeds`` listed, with every seed's full report under ``per_seed``;
+``pretrain_validation_curve`` holds the val_* figures logged while pre-training ran in this
+invocation; the file is rewritten after every run (``"partial": true`` until the
 last). A table goes to stdout. Stages are content-addressed under --workdir, so a
 re-run reuses finished stages.
 """
@@ -39,6 +42,7 @@ re-run reuses finished stages.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -52,6 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.glue_table import median_report
 from benchmarks.provenance import now, portable_path, provenance
 from tasks.data.dedup import DedupConfig, dedup
 from tasks.data.ingest import IngestConfig, ingest
@@ -105,6 +110,10 @@ class Budget:
     precision: str  # "bf16" autocast for pre-training and fine-tuning, or "fp32"
     group_by_length: bool = False  # fine-tuning batches of similar lengths (less padding)
     selection_size: int | None = None  # hold out N train examples per task, scored apart from dev
+    pretrain_warmup: float = 0.06  # share of the pre-training budget spent warming up
+    pretrain_schedule: str = "linear"  # decay to zero after warmup: "linear" or "cosine"
+    objective: str = "mlm"  # pre-training objective: "mlm", "span" or "electra"
+    positions: str = "learned"  # encoder positions: "learned" (BERT), "sinusoidal" or "rotary"
 
 
 QUICK = Budget(
@@ -210,18 +219,22 @@ def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[s
     tokenizer = timed("tokenizer", train_tokenizer, TokenizerConfig(vocab_size=budget.vocab_size), unique)
     packed = timed("pack", pack, PackConfig(seq_len=budget.seq_len), unique, tokenizer)
     cfg = PretrainConfig(
-        shape=EncoderShape(size=budget.size, norm=budget.norm, dropout=budget.dropout),
+        shape=EncoderShape(
+            size=budget.size, norm=budget.norm, dropout=budget.dropout, positions=budget.positions
+        ),
         train=TrainSettings(
             max_steps=budget.pretrain_steps,
             max_minutes=budget.pretrain_minutes,  # the LR follows the clock down to 0 at the deadline
             lr=budget.pretrain_lr,
-            warmup_ratio=0.06,
+            warmup_ratio=budget.pretrain_warmup,
+            schedule=budget.pretrain_schedule,
             eval_every=max(1, min(500, budget.pretrain_steps // 10)),
             checkpoint_every=200,
             precision=budget.precision,
         ),
         batch_size=budget.pretrain_batch,
         mask_rate=budget.mask_rate,
+        objective=budget.objective,
     )
     curve = workdir / CURVE
     curve.unlink(missing_ok=True)
@@ -287,6 +300,16 @@ def finetune_and_evaluate(
     return out
 
 
+def over_seeds(per_seed: dict[str, dict]) -> dict:
+    """A run's report: per-metric medians over its seeds (dev, and selection when held out),
+    the seeds listed, and every seed's own report under ``per_seed``."""
+    reports = list(per_seed.values())
+    out = median_report(reports) | {"seeds": [int(s) for s in per_seed], "per_seed": per_seed}
+    if all("selection" in r for r in reports):
+        out["selection"] = median_report([r["selection"] for r in reports])
+    return out
+
+
 def headline(task: str, metrics: dict[str, float]) -> str:
     """The task's own reported numbers (NER: entity F1; its per-type breakdown stays in the JSON)."""
     return " / ".join(f"{metrics[k]:.1f}" for k in TASKS[task].metric_keys())
@@ -319,7 +342,29 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
         "group_by_length": args.group_by_length or None,
         "selection_size": args.selection_size,
     }
-    return replace(budget, **{k: v for k, v in changes.items() if v is not None})
+    budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
+    return replace(budget, **dict(budget_setting(budget, item) for item in args.set))
+
+
+def budget_setting(budget: Budget, item: str) -> tuple[str, Any]:
+    """``FIELD=VALUE`` for any Budget field, VALUE parsed as that field's type (a recipe knob
+    without its own flag: ``mask_rate=0.15``, ``seq_len=64``, ``objective=electra``)."""
+    name, sep, text = item.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(Budget)}
+    if not sep or name not in fields:
+        raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+    current = getattr(budget, name)
+    if text.lower() == "none" and "None" in str(fields[name].type):
+        return name, None
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError(text)
+            return name, text.lower() == "true"
+        kind = type(current) if current is not None else (int if "int" in str(fields[name].type) else float)
+        return name, kind(text)
+    except ValueError:
+        raise SystemExit(f"--set {item!r}: {text!r} is not a {type(current).__name__}") from None
 
 
 def main() -> None:
@@ -341,7 +386,15 @@ def main() -> None:
     parser.add_argument(
         "--precision", choices=("bf16", "fp32"), default=None, help="override autocast precision"
     )
-    parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (order, heads, init)")
+    parser.add_argument(
+        "--seed", default="0",
+        help="fine-tuning seed(s), comma-separated: each run is repeated per seed and reported as the "
+        "per-metric median, with every seed's report under `per_seed`",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="override any Budget field (repeatable), e.g. --set mask_rate=0.15 --set objective=electra",
+    )  # fmt: skip
     parser.add_argument(
         "--tasks", default=None, help="comma-separated downstream tasks (default: all present)"
     )
@@ -360,7 +413,12 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(RUNS))
     if unknown or not chosen:  # checked before any work
         parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
-    runs = {name: RUNS[name] | {"seeds": (args.seed,)} for name in chosen}
+    try:
+        seeds = tuple(dict.fromkeys(int(x) for x in args.seed.split(",") if x.strip()))
+    except ValueError:
+        parser.error(f"--seed: {args.seed!r} is not a comma-separated list of integers")
+    if not seeds or min(seeds) < 0:
+        parser.error(f"--seed: {args.seed!r}: give one or more seeds >= 0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     budget = override(QUICK if args.quick else FULL, args)
     workdir = (args.workdir or Path(".bench") / ("glue-quick" if args.quick else "glue")).resolve()
@@ -384,7 +442,7 @@ def main() -> None:
         """The JSON so far: a long run that is stopped still leaves its finished rows."""
         payload = {
             "provenance": provenance(("torch", "tokenizers", "transformers"), started_utc),
-            "budget": asdict(budget) | {"quick": args.quick, "tasks": list(tasks), "seed": args.seed},
+            "budget": asdict(budget) | {"quick": args.quick, "tasks": list(tasks), "seeds": list(seeds)},
             "pretrain": checkpoint.summary,
             "pretrain_validation_curve": validation_curve(workdir),
             **results,
@@ -396,11 +454,17 @@ def main() -> None:
         text = text.replace(str(workdir), "<workdir>").replace(str(data), portable_path(data))
         args.out.write_text(text)
 
-    for name, options in runs.items():
-        start = time.perf_counter()
-        results[name] = finetune_and_evaluate(checkpoint, downstream, tasks, budget, workdir, **options)
-        seconds[f"finetune+evaluate/{name}"] = round(time.perf_counter() - start, 1)
-        write(partial=True)
+    for name in chosen:
+        per_seed: dict[str, dict] = {}
+        for seed in seeds:
+            start = time.perf_counter()
+            options = RUNS[name] | {"seeds": (seed,)}
+            per_seed[str(seed)] = finetune_and_evaluate(
+                checkpoint, downstream, tasks, budget, workdir, **options
+            )
+            seconds[f"finetune+evaluate/{name}/seed{seed}"] = round(time.perf_counter() - start, 1)
+            results[name] = over_seeds(per_seed)
+            write(partial=True)
     seconds["total"] = round(time.perf_counter() - started, 1)
     print_table(results)
     write(partial=False)

@@ -2,7 +2,7 @@
 
     python benchmarks/glue_table.py RESULT.json [MORE.json ...]
 
-Each file is one fine-tuning seed of the same pre-trained checkpoint (``--seed``). A run
+Each file holds one or more fine-tuning seeds of the same pre-trained checkpoint (``--seed``). A run
 (pretrained, random_init, single_task) present in several files is reported as the per-metric
 median over those seeds, with the seed count in the header; small GLUE tasks vary a lot between
 seeds, so one seed alone is labelled as such.
@@ -29,8 +29,9 @@ def collect(paths: list[Path]) -> dict[str, list[dict]]:
     for path in paths:
         payload = json.loads(path.read_text())
         for name in RUN_ORDER:
-            if name in payload:
-                runs.setdefault(name, []).append(payload[name])
+            if name in payload:  # a multi-seed file holds each seed's report under per_seed
+                reports = payload[name].get("per_seed", {"": payload[name]}).values()
+                runs.setdefault(name, []).extend(reports)
     if not runs:
         raise SystemExit(f"no glue_bench runs in {[str(p) for p in paths]}")
     return runs
