@@ -19,6 +19,8 @@ from models.config import EncoderConfig
 from models.heads import HeadSpec
 from models.multitask import MultiTaskModel
 from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining
+from models.t5 import T5ForConditionalGeneration
+from models.t5_config import T5Config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -27,9 +29,10 @@ MODEL_TYPES = {
     BertForPreTraining: "bert_pretraining",  # MLM + NSP/SOP pair head
     ElectraForPreTraining: "electra",
     MultiTaskModel: "bert_multitask",
+    T5ForConditionalGeneration: "t5",
 }
 PRETRAINING_TYPES = ("bert_mlm", "bert_pretraining", "electra")
-RESERVED_KEYS = ("model_type", "encoder", "heads", "generator")
+RESERVED_KEYS = ("model_type", "encoder", "heads", "generator", "t5")
 
 
 class CheckpointError(ValueError):
@@ -68,6 +71,8 @@ def model_config(model: nn.Module) -> dict[str, Any]:
         raise CheckpointError(
             f"save_checkpoint supports {[t.__name__ for t in MODEL_TYPES]}, got {type(model).__name__}"
         )
+    if isinstance(model, T5ForConditionalGeneration):  # an encoder-decoder: its own config, no heads
+        return {"model_type": model_type, "t5": model.cfg.to_dict()}
     config: dict[str, Any] = {"model_type": model_type, "encoder": model.cfg.to_dict(), "heads": {}}
     if isinstance(model, MultiTaskModel):
         config["heads"] = {name: spec.to_dict() for name, spec in model.head_specs.items()}
@@ -85,15 +90,20 @@ def read_config(dir: Path | str) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-    for key in ("model_type", "encoder"):
+    for key in ("model_type", "t5" if config.get("model_type") == "t5" else "encoder"):
         if key not in config:
             raise CheckpointError(f"{path}: missing field {key!r}")
     return config
 
 
 def read_encoder_config(dir: Path | str) -> EncoderConfig:
-    """The EncoderConfig stored in a checkpoint dir."""
-    return EncoderConfig.from_dict(read_config(dir)["encoder"])
+    """The EncoderConfig stored in a checkpoint dir (a T5 checkpoint has none: an error naming it)."""
+    config = read_config(dir)
+    if "encoder" not in config:
+        raise CheckpointError(
+            f"{Path(dir) / CONFIG}: model_type {config['model_type']!r} has no BERT encoder to fine-tune"
+        )
+    return EncoderConfig.from_dict(config["encoder"])
 
 
 def read_weights(dir: Path | str) -> dict[str, Tensor]:
@@ -123,6 +133,16 @@ def load_pretraining(dir: Path | str) -> BertForMaskedLM | ElectraForPreTraining
         model = ElectraForPreTraining(cfg, EncoderConfig.from_dict(config["generator"]))
     else:
         model = BertForPreTraining(cfg) if model_type == "bert_pretraining" else BertForMaskedLM(cfg)
+    model.load_state_dict(read_weights(dir), strict=True)
+    return model
+
+
+def load_t5(dir: Path | str) -> T5ForConditionalGeneration:
+    """Rebuild the T5 encoder-decoder saved in ``dir``."""
+    config = read_config(dir)
+    if config["model_type"] != "t5":
+        raise CheckpointError(f"{Path(dir) / CONFIG}: model_type is {config['model_type']!r}, expected 't5'")
+    model = T5ForConditionalGeneration(T5Config.from_dict(config["t5"]))
     model.load_state_dict(read_weights(dir), strict=True)
     return model
 

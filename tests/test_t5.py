@@ -3,17 +3,17 @@ transformers' T5ForConditionalGeneration with the same logits and the same greed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from models.config import ConfigError
+from models.io import CheckpointError, load_t5, read_encoder_config, save_checkpoint
 from models.t5 import IGNORE, DecoderCache, T5ForConditionalGeneration, relative_buckets
 from models.t5_config import T5Config
-from tasks.commands.export_t5 import hf_t5_config, t5_weights
+from tasks.commands.export import export_checkpoint
+from tasks.commands.export_t5 import t5_weights
 
 CFG = T5Config(vocab_size=120, d_model=32, num_layers=2, num_decoder_layers=3, num_heads=4, d_kv=8, d_ff=48)
 
@@ -82,10 +82,9 @@ def test_padding_does_not_change_a_rows_outputs() -> None:
 
 
 def write_hf(tmp_path: Path, net: T5ForConditionalGeneration) -> Path:
-    out = tmp_path / "hf"
-    out.mkdir()
-    save_file(t5_weights(net.state_dict(), net.cfg), str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(hf_t5_config(net.cfg)))
+    """Our checkpoint dir, then `bertflow export`'s conversion of it."""
+    save_checkpoint(tmp_path / "ckpt", net)
+    (out,) = export_checkpoint(tmp_path / "ckpt", tmp_path / "hf")
     return out
 
 
@@ -169,3 +168,16 @@ def test_named_sizes_and_the_config_round_trip() -> None:
     assert T5Config.from_dict(base.to_dict()) == base
     with pytest.raises(ConfigError, match="unknown T5Config field"):
         T5Config.from_dict({**base.to_dict(), "hidden": 3})
+
+
+def test_checkpoint_round_trip_and_a_t5_checkpoint_is_no_bert_encoder(tmp_path: Path) -> None:
+    net = model()
+    save_checkpoint(tmp_path, net)
+    loaded = load_t5(tmp_path).eval()
+    assert loaded.cfg == net.cfg
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True)
+    )
+    with pytest.raises(CheckpointError, match="model_type 't5' has no BERT encoder to fine-tune"):
+        read_encoder_config(tmp_path)

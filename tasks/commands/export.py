@@ -1,4 +1,8 @@
-"""Export a bertflow checkpoint as a Hugging Face ``transformers`` BERT directory.
+"""Export a bertflow checkpoint as a Hugging Face ``transformers`` BERT (or T5) directory.
+
+A T5 checkpoint (``t5``) becomes one ``T5ForConditionalGeneration`` directory: the two models
+compute the same function, so its weights are renamed (``export_t5``). The rest of this
+docstring is about BERT.
 
 What maps, and why: our encoder with ``norm="post"``, ``positions="learned"``,
 ``ffn="gelu"``, ``bias=True`` and no ``doc_attention`` is exactly the original BERT
@@ -39,7 +43,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -47,7 +51,9 @@ from torch import Tensor
 
 from models.config import EncoderConfig
 from models.io import read_config, read_weights
+from models.t5_config import T5Config
 from registry.download import download_model, is_mlflow_uri
+from tasks.commands.export_t5 import hf_t5_config, t5_weights
 from tasks.data.tokenizer import TOKENIZER_FILES
 from tasks.downstream.tasks import TASKS
 from tasks.store.ownership import check_replaceable, mark_owned, remove_owned
@@ -178,6 +184,11 @@ def check_heads(heads: Mapping[str, dict], where: Path) -> None:
 def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
     """Write the HF directories for ``checkpoint``; returns them (one, or one per task head)."""
     config = read_config(checkpoint)
+    if config["model_type"] == "t5":
+        t5 = T5Config.from_dict(config["t5"])
+        weights = t5_weights(read_weights(checkpoint), t5)
+        check_replaceable(out)
+        return [replace_dir(out, lambda tmp: write_hf_dir(tmp, weights, hf_t5_config(t5), checkpoint))]
     cfg = EncoderConfig.from_dict(config["encoder"])
     check_exportable(cfg, checkpoint)
     kind = config["model_type"]
@@ -187,21 +198,32 @@ def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
     check_heads(heads, checkpoint)
     state = read_weights(checkpoint)
     check_replaceable(out)
-    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
-    mark_owned(tmp, "export")
-    try:
+
+    def fill(tmp: Path) -> None:
         if kind == "bert_multitask":
             for task, spec in heads.items():
                 export_head(checkpoint, tmp / task, state, cfg, task, spec)
         else:
             config = hf_bert_config(cfg, architectures=["BertForMaskedLM"])
             write_hf_dir(tmp, mlm_weights(state, cfg), config, checkpoint)
+
+    replace_dir(out, fill)
+    return [out / task for task in heads] if kind == "bert_multitask" else [out]
+
+
+def replace_dir(out: Path, fill: Callable[[Path], None]) -> Path:
+    """Build ``out`` in a temporary sibling with ``fill``, then rename it into place (an earlier
+    export's ``out`` is removed first); a failure leaves nothing behind."""
+    tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
+    mark_owned(tmp, "export")
+    try:
+        fill(tmp)
         remove_owned(out)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [out / task for task in heads] if kind == "bert_multitask" else [out]
+    return out
 
 
 def export_head(
