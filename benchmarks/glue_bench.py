@@ -364,7 +364,8 @@ def budget_setting(budget: Budget, item: str) -> tuple[str, Any]:
         kind = type(current) if current is not None else (int if "int" in str(fields[name].type) else float)
         return name, kind(text)
     except ValueError:
-        raise SystemExit(f"--set {item!r}: {text!r} is not a {type(current).__name__}") from None
+        wanted = "bool" if isinstance(current, bool) else kind.__name__
+        raise SystemExit(f"--set {item!r}: {text!r} is not a {wanted}") from None
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ written into every checkpoint's ``config.json``, so a checkpoint rebuilds its ow
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 # Named shapes, smallest first: (layers, hidden, heads, FFN width). "tiny" is what tests and
 # smoke runs use; "mini"/"small"/"medium" follow the compact-BERT family; "base"/"large" are BERT's.
@@ -21,8 +21,32 @@ SIZES: dict[str, dict[str, int]] = {
 }
 
 
+T = TypeVar("T")
+
+
 class ConfigError(ValueError):
     """An encoder config that cannot describe a working model."""
+
+
+def from_named_size(
+    cls: type[T], sizes: dict[str, dict[str, int]], label: str, size: str, vocab_size: int,
+    overrides: dict[str, Any],
+) -> T:  # fmt: skip
+    """``cls`` built from the named shape ``sizes[size]``; ``overrides`` replace fields (None ones are
+    ignored). Shared by the encoder's and T5's configs, so both refuse an unknown size alike."""
+    if size not in sizes:
+        raise ConfigError(f"unknown {label} {size!r}; choose one of {sorted(sizes)}")
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    return cls(vocab_size=vocab_size, **{**sizes[size], **chosen})
+
+
+def from_known_fields(cls: type[T], data: dict[str, Any]) -> T:
+    """Inverse of ``asdict``; unknown keys are an error so a mistyped config.json is caught."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -88,10 +112,7 @@ class EncoderConfig:
     @classmethod
     def from_size(cls, size: str, *, vocab_size: int, **overrides: Any) -> EncoderConfig:
         """Config for a named preset in SIZES; ``overrides`` replace any field (None values are ignored)."""
-        if size not in SIZES:
-            raise ConfigError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
-        chosen = {k: v for k, v in overrides.items() if v is not None}
-        return cls(vocab_size=vocab_size, **{**SIZES[size], **chosen})
+        return from_named_size(cls, SIZES, "model size", size, vocab_size, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,8 +120,4 @@ class EncoderConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
         """Inverse of to_dict; unknown keys are an error so a mistyped config.json is caught."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown EncoderConfig field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_known_fields(cls, data)

@@ -240,9 +240,8 @@ class T5ForConditionalGeneration(nn.Module):
         """Decoder states -> (B, T, vocab) logits; with ``cache``, the ids continue the cached positions."""
         x = self.dropout(self.embedding(decoder_input_ids))
         T, first = decoder_input_ids.size(1), cache.length if cache is not None else 0
-        self_bias = self.decoder_bias(
-            T, first + T, first_query=first
-        )  # causal buckets: later keys get bucket 0
+        # causal buckets (later keys get bucket 0), then the causal mask over them
+        self_bias = self.decoder_bias(T, first + T, first_query=first)
         causal = torch.ones(T, first + T, dtype=torch.bool, device=x.device).tril(diagonal=first)
         self_bias = self_bias.masked_fill(~causal, torch.finfo(self_bias.dtype).min)
         cross_bias = padding_bias(attention_mask, x.dtype)

@@ -7,14 +7,12 @@ per-head width ``d_kv`` from ``d_model / num_heads``, and sizes its gated FFN by
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from models.config import ConfigError
+from models.config import ConfigError, from_known_fields, from_named_size
 
 
-# (encoder blocks, decoder blocks, d_model, heads, d_kv, d_ff). "small" and "base" are T5 v1.1's
-# own shapes; "tiny" (tests, the synthetic demo) and "mini" (CPU runs) shrink them.
 def _shape(encoder: int, decoder: int, d_model: int, heads: int, d_kv: int, d_ff: int) -> dict[str, int]:
     return {
         "num_layers": encoder, "num_decoder_layers": decoder, "d_model": d_model, "num_heads": heads,
@@ -22,6 +20,8 @@ def _shape(encoder: int, decoder: int, d_model: int, heads: int, d_kv: int, d_ff
     }  # fmt: skip
 
 
+# (encoder blocks, decoder blocks, d_model, heads, d_kv, d_ff). "small" and "base" are T5 v1.1's
+# own shapes; "tiny" (tests, the synthetic demo) and "mini" (CPU runs) shrink them.
 T5_SIZES: dict[str, dict[str, int]] = {
     "tiny": _shape(2, 2, 128, 2, 64, 256),
     "mini": _shape(4, 4, 256, 4, 64, 640),
@@ -82,10 +82,7 @@ class T5Config:
     @classmethod
     def from_size(cls, size: str, *, vocab_size: int, **overrides: Any) -> T5Config:
         """Config for a named preset in T5_SIZES; ``overrides`` replace fields (None values are ignored)."""
-        if size not in T5_SIZES:
-            raise ConfigError(f"unknown T5 size {size!r}; choose one of {sorted(T5_SIZES)}")
-        chosen = {k: v for k, v in overrides.items() if v is not None}
-        return cls(vocab_size=vocab_size, **{**T5_SIZES[size], **chosen})
+        return from_named_size(cls, T5_SIZES, "T5 size", size, vocab_size, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,8 +90,4 @@ class T5Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> T5Config:
         """Inverse of to_dict; unknown keys are an error so a mistyped config.json is caught."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown T5Config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return from_known_fields(cls, data)

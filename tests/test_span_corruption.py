@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.engine.span_corruption import IGNORE, SpanCorruption, recover
+from tasks.engine.masking import IGNORE_INDEX as IGNORE
+from tasks.engine.span_corruption import SpanCorruption, recover
 
 VOCAB, EOS, PAD = 1000, 1, 0
 SENTINELS = tuple(range(VOCAB - 1, VOCAB - 101, -1))  # <extra_id_0> is the last id, as in T5

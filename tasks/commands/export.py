@@ -187,7 +187,6 @@ def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
     if config["model_type"] == "t5":
         t5 = T5Config.from_dict(config["t5"])
         weights = t5_weights(read_weights(checkpoint), t5)
-        check_replaceable(out)
         return [replace_dir(out, lambda tmp: write_hf_dir(tmp, weights, hf_t5_config(t5), checkpoint))]
     cfg = EncoderConfig.from_dict(config["encoder"])
     check_exportable(cfg, checkpoint)
@@ -197,7 +196,6 @@ def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
     heads = config.get("heads", {})
     check_heads(heads, checkpoint)
     state = read_weights(checkpoint)
-    check_replaceable(out)
 
     def fill(tmp: Path) -> None:
         if kind == "bert_multitask":
@@ -213,7 +211,9 @@ def export_checkpoint(checkpoint: Path, out: Path) -> list[Path]:
 
 def replace_dir(out: Path, fill: Callable[[Path], None]) -> Path:
     """Build ``out`` in a temporary sibling with ``fill``, then rename it into place (an earlier
-    export's ``out`` is removed first); a failure leaves nothing behind."""
+    export's ``out`` is removed first); a failure leaves nothing behind. An ``out`` that
+    bertflow did not create is refused before anything is written."""
+    check_replaceable(out)
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     mark_owned(tmp, "export")
     try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-IGNORE = -100
+from tasks.engine.masking import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class SpanCorruption:
         """(B, L) raw rows -> padded ``input_ids``, ``attention_mask``, ``labels`` (-100 on padding)."""
         pairs = [self.corrupt(row, generator) for row in rows]
         inputs = _pad([p[0] for p in pairs], self.pad_id)
-        labels = _pad([p[1] for p in pairs], IGNORE)
+        labels = _pad([p[1] for p in pairs], IGNORE_INDEX)
         return {"input_ids": inputs, "attention_mask": (inputs != self.pad_id).long(), "labels": labels}
 
 
