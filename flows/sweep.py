@@ -25,7 +25,7 @@ from tasks.store.artifact import Artifact
 from tasks.sweep import study as studies
 from tasks.sweep.publish import publish
 from tasks.sweep.report import TrialOutcome
-from tasks.sweep.session import sweep_session
+from tasks.sweep.session import TRIAL_TAG, supersede_trial_runs, sweep_session
 from tasks.sweep.space import SpaceError, check_space, read_space, resolve_space
 from tasks.sweep.trials import final_updates, objective, pretrain_flops, study_name, trial_updates
 
@@ -86,6 +86,8 @@ def sweep(
     }
     with sweep_session(study, root, uri, base.tracking.experiment, f"sweep-{preset}", params) as run:
         pending = studies.left_over(study, space)
+        for plan in pending:
+            supersede_trial_runs(run, plan.number)
         while (left := trials - len(studies.complete(study))) > 0:
             batch = pending[: min(parallel, left)]
             pending = pending[len(batch) :]
@@ -94,7 +96,7 @@ def sweep(
                 trial_task.submit(
                     trial_updates(space, plan.params), preset, overrides, str(root),
                     RunLink(parent_run_id=run.run_id, name=f"trial-{plan.number}",
-                            tags={"bertflow.sweep.trial": str(plan.number)}),
+                            tags={TRIAL_TAG: str(plan.number)}),
                 )
                 for plan in batch
             ]  # fmt: skip

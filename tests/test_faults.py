@@ -131,6 +131,7 @@ def kill_inside(proc: subprocess.Popen, workdir: Path, stage: str, delay: float)
 
 def results(workdir: Path, tracking_uri: str | None = None) -> dict[str, object]:
     """What a run produced: weights of the checkpoints, dev scores, registry state."""
+
     def weights(stage: str, init: str | None = None) -> str:
         def config(d: Path) -> dict:
             return json.loads((d / "manifest.json").read_text())["key"]["config"]
@@ -185,6 +186,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> tup
     workdir = tmp_path_factory.mktemp("reference")
     code, _, err = finish(launch(workdir, prefect_api))
     assert code == 0, err[-3000:]
+
     def build_seconds(d: Path) -> float:
         return json.loads((d / "manifest.json").read_text())["build_seconds"]
 

@@ -89,6 +89,7 @@ def test_sigterm_interrupt_marks_killed(ctx: StageContext) -> None:
 def test_orphaned_runs_of_dead_processes_are_closed(ctx: StageContext) -> None:
     tracker = Tracker(ctx.tracking_uri)
     dead = identity().rsplit(":", 2)[0] + ":999999999:1"  # this host, a pid that cannot run
+
     def start(name: str, workdir: str, owner: str) -> str:
         return tracker.start_run(ctx.experiment_id, name, tags={WORKDIR_TAG: workdir, OWNER_TAG: owner})
 

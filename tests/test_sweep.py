@@ -28,6 +28,7 @@ from tasks.downstream.features import read_examples
 from tasks.downstream.selection import SelectionSplit, SelectionSplitError, selection_indices, split_examples
 from tasks.downstream.tasks import get_task
 from tasks.run.config import load_config
+from tasks.sweep.session import SUPERSEDED_TAG, TRIAL_TAG, SweepRun, supersede_trial_runs
 from tasks.sweep.space import SpaceError, check_space, grid_points, read_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,18 +192,41 @@ def test_sweep_runs_six_trials_pretrains_once_and_resumes_after_sigkill(tmp_path
     children = client.search_runs(
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    trial_runs = [
-        r for r in children if "bertflow.sweep.trial" in r.data.tags and r.info.status == "FINISHED"
-    ]
-    assert sorted(int(r.data.tags["bertflow.sweep.trial"]) for r in trial_runs) == sorted(done)
+    live = [r for r in children if TRIAL_TAG in r.data.tags and SUPERSEDED_TAG not in r.data.tags]
+    assert all(r.info.status == "FINISHED" for r in live)
+    assert sorted(int(r.data.tags[TRIAL_TAG]) for r in live) == sorted(done)  # one live run per trial
     for number in before:  # a finished trial was not run again after the kill
-        assert sum(r.data.tags.get("bertflow.sweep.trial") == str(number) for r in children) == 1
+        assert sum(r.data.tags.get(TRIAL_TAG) == str(number) for r in children) == 1
+    superseded = [r for r in children if SUPERSEDED_TAG in r.data.tags]
+    assert not {int(r.data.tags[TRIAL_TAG]) for r in superseded} & set(before)  # only killed trials
     assert any("bertflow.sweep.best_trial" in r.data.tags for r in children)
     logged = {f.path for f in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/parallel_coordinates.png", "sweep/metric_vs_budget.png", "sweep/trials.md"} <= logged
     assert "best_selection/glue_avg" in parent.data.metrics and "best_dev/glue_avg" in parent.data.metrics
     assert client.search_model_versions("name = 'sweep-test'")
     assert "Best trial" in out
+
+
+def test_a_killed_sweeps_run_of_a_trial_is_superseded_not_counted(tmp_path: Path) -> None:
+    """The kill can land after a trial's pipeline run FINISHED but before the study recorded
+    its value: the rerun must leave one live run for that trial number, not two."""
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("bertflow", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+
+    def child(number: int, status: str) -> str:
+        run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, TRIAL_TAG: str(number)})
+        client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    kept, killed_after_finish, killed_during = child(2, "FINISHED"), child(3, "FINISHED"), child(3, "KILLED")
+    other_parent = client.create_run(experiment, tags={TRIAL_TAG: "3"}).info.run_id
+    sweep_run = SweepRun(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment, parent)
+    assert sorted(supersede_trial_runs(sweep_run, 3)) == sorted([killed_after_finish, killed_during])
+    assert supersede_trial_runs(sweep_run, 3) == []  # already tagged: nothing new
+    expected = {kept: False, killed_after_finish: True, killed_during: True, other_parent: False}
+    for run_id, tagged in expected.items():
+        assert (SUPERSEDED_TAG in client.get_run(run_id).data.tags) is tagged
 
 
 def test_tpe_space_samples_inside_its_ranges_and_resumes_the_same_study(tmp_path: Path) -> None:

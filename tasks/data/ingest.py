@@ -42,7 +42,6 @@ from tasks.store.stage import Job, Stage
 log = logging.getLogger(__name__)
 
 
-
 class IngestConfig(BaseModel):
     """Where the corpus comes from and which documents are kept."""
 
@@ -155,9 +154,7 @@ def build_ingest(cfg: IngestConfig, *, out: Path, job: Job) -> dict:
     summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
     summary |= {"skipped_files": skipped_files}
     sink.log_metrics(_metrics(summary), step=0)
-    log.info(
-        "ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts)
-    )
+    log.info("ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts))
     return summary
 
 
@@ -317,5 +314,9 @@ def _file_format(path: Path, fmt: str, explicit: bool) -> Format | None:
 
 
 ingest = Stage(
-    "ingest", build_ingest, reads=corpus_files, sampled_reads=True, retry_on_io=True  # Hub streaming is I/O
+    "ingest",
+    build_ingest,
+    reads=corpus_files,
+    sampled_reads=True,
+    retry_on_io=True,  # Hub streaming is I/O
 )

@@ -92,9 +92,7 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
     summary = {"algorithm": cfg.algorithm, "vocab_size": tokenizer.get_vocab_size(), "docs": total}
     summary |= {"trained_vocab_size": trained, "unused_tokens": summary["vocab_size"] - trained}
     sink.log_metrics({"vocab_size": summary["vocab_size"], "docs": total}, step=0)
-    log.info(
-        "tokenizer: %s vocabulary of %d from %d documents", cfg.algorithm, summary["vocab_size"], total
-    )
+    log.info("tokenizer: %s vocabulary of %d from %d documents", cfg.algorithm, summary["vocab_size"], total)
     return summary
 
 

@@ -185,8 +185,10 @@ def _parsed_source(path: Path, stamp: tuple[int, int]) -> str:
         if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
             body = node.body
             first = body[0] if body else None
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(
-                first.value.value, str
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
             ):
                 node.body = body[1:] or [ast.Pass()]
     return ast.dump(tree, include_attributes=False)

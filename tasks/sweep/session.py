@@ -4,6 +4,10 @@ A resumed sweep continues the SAME parent run (its id is kept in the Optuna stud
 killed and restarted sweep still shows one parent with one child per trial. While a sweep
 runs it holds the workdir's sweep lock: a second sweep on the same workdir waits, and a
 RUNNING trial found after taking the lock belongs to a process that is gone.
+
+Such a trial is run again, and the run a killed sweep had made for it (possibly FINISHED,
+when the kill came between the pipeline's end and the study's record of its value) is
+tagged superseded, so the parent shows exactly one live run per trial number.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from tasks.procs import identity
 from tasks.store.locks import workdir_lock
 
 RUN_ATTR = "mlflow_parent_run_id"
+TRIAL_TAG = "bertflow.sweep.trial"
+SUPERSEDED_TAG = "bertflow.sweep.superseded"
 
 
 @dataclass(frozen=True)
@@ -62,3 +68,20 @@ def sweep_session(
         with ended_with_outcome(tracker, run_id):
             tracker.log_params(run_id, params)
             yield SweepRun(tracking_uri, experiment_id, run_id)
+
+
+def supersede_trial_runs(sweep_run: SweepRun, number: int) -> list[str]:
+    """Tag the parent's earlier runs of trial ``number`` superseded; the ids tagged.
+
+    The runs are kept, not deleted: stages the rerun reuses name them as their lineage.
+    """
+    tracker = Tracker(sweep_run.tracking_uri)
+    earlier = tracker.client.search_runs(
+        [sweep_run.experiment_id],
+        f"tags.mlflow.parentRunId = '{sweep_run.run_id}' and tags.`{TRIAL_TAG}` = '{number}'",
+    )
+    ids = [r.info.run_id for r in earlier if SUPERSEDED_TAG not in r.data.tags]
+    reason = "the sweep was stopped before recording this trial; it ran again"
+    for run_id in ids:
+        tracker.set_tags(run_id, {SUPERSEDED_TAG: reason})
+    return ids

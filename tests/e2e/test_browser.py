@@ -43,6 +43,7 @@ def browser() -> Iterator[Any]:
             f"no Chromium at {CHROMIUM}: `apt-get install -y chromium` (make test does it where apt works)"
         )
     from playwright import sync_api  # a test dependency: never skipped for
+
     executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=FLAGS, headless=True)

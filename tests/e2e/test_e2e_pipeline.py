@@ -129,6 +129,7 @@ def test_export_of_the_champion_loads_in_transformers_with_our_logits(
     stack: Stack, triggered: Triggered, tmp_path: Path
 ) -> None:
     import transformers
+
     out = tmp_path / "hf"
     cmd = [sys.executable, "-m", "flows.cli", "export", "models:/e2e-tiny@champion"]
     cmd += ["--out", str(out), "--tracking-uri", stack.mlflow]
