@@ -75,18 +75,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="train steps per block (default 2)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per model (default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="hardware peak for MFU")
+    parser.add_argument(
+        "--dropout", type=float, default=0.1,
+        help="hidden and attention dropout of both models (BERT's 0.1; the presets pre-train with 0.0)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser.parse_args(argv)
 
 
 def make_models(args: argparse.Namespace, vocab: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Our model and HF's, same shape and vocabulary, BERT init (dropout 0.1 as in pre-training)."""
+    """Our model and HF's, same shape, vocabulary and dropout, BERT init."""
     from transformers import BertConfig
     from transformers import BertForMaskedLM as HFBertForMaskedLM
 
     shape = SIZES[args.shape]
     torch.manual_seed(0)
-    ours = BertForMaskedLM(EncoderConfig(vocab_size=vocab, max_position=512, **shape))
+    drop = {"dropout": args.dropout, "attention_dropout": args.dropout}
+    ours = BertForMaskedLM(EncoderConfig(vocab_size=vocab, max_position=512, **shape, **drop))
     hf_config = BertConfig(
         vocab_size=vocab,
         hidden_size=shape["hidden_size"],
@@ -94,6 +99,8 @@ def make_models(args: argparse.Namespace, vocab: int, device: torch.device) -> t
         num_attention_heads=shape["num_heads"],
         intermediate_size=shape["intermediate_size"],
         max_position_embeddings=512,
+        hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.dropout,
     )
     hf = HFBertForMaskedLM._from_config(hf_config, attn_implementation="sdpa")
     return ours.to(device).train(), hf.to(device).train()
@@ -260,6 +267,7 @@ def run(args: argparse.Namespace) -> dict:
         "shape_config": SIZES[args.shape],
         "batch": args.batch,
         "seq_len": args.seq_len,
+        "dropout": args.dropout,
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu x{torch.get_num_threads()}",

@@ -6,8 +6,9 @@ default so the default model is BERT: ``norm="pre"`` normalises the input of eac
 (RoFormer) positions; ``ffn="geglu"`` gates the FFN (Shazeer, 2020); ``bias=False`` drops
 biases; ``doc_attention`` keeps the documents packed into one row from attending to each other.
 Attention goes through ``F.scaled_dot_product_attention`` so PyTorch picks the fastest kernel
-for the device; document masks use FlexAttention block masks on CUDA (they skip the blocks
-between documents instead of computing and discarding them).
+for the device, except bf16 rows of at most 128 tokens on CPU (see ``dense_attention``);
+document masks use FlexAttention block masks on CUDA (they skip the blocks between documents
+instead of computing and discarding them).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import EncoderConfig
+from models.dropout import Dropout, dropout
 
 try:  # FlexAttention (PyTorch >= 2.5); only used on CUDA
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
@@ -45,7 +47,7 @@ class Embeddings(nn.Module):
         self.kind = cfg.positions
         self.token_type = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         T = input_ids.size(1)
@@ -99,7 +101,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)  # one matmul for q, k, v
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
         self.attention_dropout = cfg.attention_dropout
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, mask: AttentionMask, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         B, T, H = x.shape
@@ -112,9 +114,45 @@ class SelfAttention(nn.Module):
             y = compiled_flex_attention()(q, k, v, block_mask=mask)
         else:
             p = self.attention_dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+            attend = dense_attention if prefers_dense(q, p) else F.scaled_dot_product_attention
+            y = attend(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, H)  # re-assemble heads side by side
         return self.dropout(self.out(y))
+
+
+DENSE_MAX_LEN = 128
+
+
+def prefers_dense(q: Tensor, dropout_p: float) -> bool:
+    """Whether plain matmul attention beats SDPA for these queries (B, nh, T, hs).
+
+    PyTorch's CPU flash kernel is slow in bf16 on short rows: at (32, 4, 128, 64) forward +
+    backward took 34 ms against 12 ms for ``dense_attention`` on a 2-core AVX512-BF16 EPYC
+    (``benchmarks/pretrain_bench.py`` measures the whole step). In fp32, or at 192+ tokens,
+    the flash kernel is as fast or faster and needs no (T, T) score matrix. With attention
+    dropout SDPA falls back to the same matmuls on CPU but draws its mask with ``bernoulli_``;
+    here it comes from ``models.dropout`` (a third of the cost).
+    """
+    if q.is_cuda:
+        return False
+    return dropout_p > 0.0 or (q.dtype == torch.bfloat16 and q.size(-2) <= DENSE_MAX_LEN)
+
+
+def dense_attention(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0
+) -> Tensor:
+    """softmax(q k^T / sqrt(hs)) v with a boolean mask (True = may attend), as SDPA computes it.
+
+    The softmax runs in fp32. Masked scores get the dtype's minimum rather than -inf, so a
+    query whose keys are all masked (a row of padding) gets finite, unused outputs.
+    """
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # (B, nh, T, T)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    if dropout_p:
+        probs = dropout(probs, dropout_p)
+    return probs @ v
 
 
 @functools.cache
@@ -132,7 +170,7 @@ class FeedForward(nn.Module):
         width = 2 * cfg.intermediate_size if self.gated else cfg.intermediate_size
         self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.bias)
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.up(x)  # (B, T, I) or (B, T, 2I)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import EncoderConfig
+from models.dropout import Dropout
 from models.encoder import init_bert_weights
 
 HeadKind = Literal["classification", "regression", "span", "token"]
@@ -92,7 +93,7 @@ class ClassificationHead(nn.Module):
     def __init__(self, cfg: EncoderConfig, num_labels: int, pooling: Pooling = "cls") -> None:
         super().__init__()
         self.pooler = Pooler(cfg, pooling)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         self.apply(init_bert_weights)
 
@@ -106,7 +107,7 @@ class RegressionHead(nn.Module):
     def __init__(self, cfg: EncoderConfig, pooling: Pooling = "cls") -> None:
         super().__init__()
         self.pooler = Pooler(cfg, pooling)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.regressor = nn.Linear(cfg.hidden_size, 1)
         self.apply(init_bert_weights)
 
@@ -135,7 +136,7 @@ class TokenClassificationHead(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, num_labels: int) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_size, num_labels)
         self.apply(init_bert_weights)
 
