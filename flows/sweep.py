@@ -86,8 +86,7 @@ def sweep(
     }
     with sweep_session(study, root, uri, base.tracking.experiment, f"sweep-{preset}", params) as run:
         pending = studies.left_over(study, space)
-        for plan in pending:
-            supersede_trial_runs(run, plan.number)
+        supersede_trial_runs(run, [plan.number for plan in pending])
         while (left := trials - len(studies.complete(study))) > 0:
             batch = pending[: min(parallel, left)]
             pending = pending[len(batch) :]

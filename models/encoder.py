@@ -6,7 +6,8 @@ default so the default model is BERT: ``norm="pre"`` normalises the input of eac
 (RoFormer) positions; ``ffn="geglu"`` gates the FFN (Shazeer, 2020); ``bias=False`` drops
 biases; ``doc_attention`` keeps the documents packed into one row from attending to each other.
 Attention goes through ``F.scaled_dot_product_attention`` so PyTorch picks the fastest kernel
-for the device, except bf16 rows of at most 128 tokens on CPU (see ``dense_attention``);
+for the device, except on CPU for bf16 rows of at most 128 tokens or under attention dropout
+(see ``prefers_dense``);
 document masks use FlexAttention block masks on CUDA (they skip the blocks between documents
 instead of computing and discarding them).
 """

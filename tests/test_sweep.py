@@ -222,8 +222,8 @@ def test_a_killed_sweeps_run_of_a_trial_is_superseded_not_counted(tmp_path: Path
     kept, killed_after_finish, killed_during = child(2, "FINISHED"), child(3, "FINISHED"), child(3, "KILLED")
     other_parent = client.create_run(experiment, tags={TRIAL_TAG: "3"}).info.run_id
     sweep_run = SweepRun(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment, parent)
-    assert sorted(supersede_trial_runs(sweep_run, 3)) == sorted([killed_after_finish, killed_during])
-    assert supersede_trial_runs(sweep_run, 3) == []  # already tagged: nothing new
+    assert sorted(supersede_trial_runs(sweep_run, [3])) == sorted([killed_after_finish, killed_during])
+    assert supersede_trial_runs(sweep_run, [3]) == []  # already tagged: nothing new
     expected = {kept: False, killed_after_finish: True, killed_during: True, other_parent: False}
     for run_id, tagged in expected.items():
         assert (SUPERSEDED_TAG in client.get_run(run_id).data.tags) is tagged

@@ -12,7 +12,7 @@ tagged superseded, so the parent shows exactly one live run per trial number.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,17 +70,24 @@ def sweep_session(
             yield SweepRun(tracking_uri, experiment_id, run_id)
 
 
-def supersede_trial_runs(sweep_run: SweepRun, number: int) -> list[str]:
-    """Tag the parent's earlier runs of trial ``number`` superseded; the ids tagged.
+def supersede_trial_runs(sweep_run: SweepRun, numbers: Collection[int]) -> list[str]:
+    """Tag the parent's earlier runs of the trials ``numbers`` superseded; the ids tagged.
 
-    The runs are kept, not deleted: stages the rerun reuses name them as their lineage.
+    One search over the parent's children for all of them. The runs are kept, not deleted:
+    stages the rerun reuses name them as their lineage.
     """
+    if not numbers:
+        return []
     tracker = Tracker(sweep_run.tracking_uri)
-    earlier = tracker.client.search_runs(
-        [sweep_run.experiment_id],
-        f"tags.mlflow.parentRunId = '{sweep_run.run_id}' and tags.`{TRIAL_TAG}` = '{number}'",
+    children = tracker.client.search_runs(
+        [sweep_run.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run.run_id}'"
     )
-    ids = [r.info.run_id for r in earlier if SUPERSEDED_TAG not in r.data.tags]
+    wanted = {str(n) for n in numbers}
+    ids = [
+        r.info.run_id
+        for r in children
+        if r.data.tags.get(TRIAL_TAG) in wanted and SUPERSEDED_TAG not in r.data.tags
+    ]
     reason = "the sweep was stopped before recording this trial; it ran again"
     for run_id in ids:
         tracker.set_tags(run_id, {SUPERSEDED_TAG: reason})
