@@ -140,16 +140,26 @@ def prefers_dense(q: Tensor, dropout_p: float) -> bool:
 
 
 def dense_attention(
-    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
 ) -> Tensor:
-    """softmax(q k^T / sqrt(hs)) v with a boolean mask (True = may attend), as SDPA computes it.
+    """softmax(q k^T * scale) v with SDPA's mask semantics: a boolean mask (True = may attend) or a
+    float one added to the scores (T5's position bias); ``scale`` defaults to 1/sqrt(hs) like SDPA.
 
-    The softmax runs in fp32. Masked scores get the dtype's minimum rather than -inf, so a
-    query whose keys are all masked (a row of padding) gets finite, unused outputs.
+    The softmax runs in fp32 (a float mask is added in fp32 too). Masked scores get the dtype's
+    minimum rather than -inf, so a query whose keys are all masked (a row of padding) gets
+    finite, unused outputs.
     """
-    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-1, -2)  # (B, nh, T, T)
-    if attn_mask is not None:
+    scale = q.size(-1) ** -0.5 if scale is None else scale
+    scores = (q * scale if scale != 1.0 else q) @ k.transpose(-1, -2)  # (B, nh, T, S)
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
         scores = scores.masked_fill(~attn_mask, torch.finfo(scores.dtype).min)
+    elif attn_mask is not None:
+        scores = scores.float() + attn_mask.float()
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     if dropout_p:
         probs = dropout(probs, dropout_p)

@@ -12,7 +12,9 @@ What makes it T5 rather than BERT, each a choice of the paper:
 - an output layer of its own (v1.1 does not tie it to the embedding).
 
 Attention runs through ``F.scaled_dot_product_attention`` with the position bias as its
-additive mask. ``generate`` decodes greedily with a key/value cache: the decoder's
+additive mask, except on CPU in bf16 at short lengths or with attention dropout, where the
+encoder's ``dense_attention`` is faster (``models.encoder.prefers_dense``); dropout masks come
+from ``models.dropout`` as in the encoder. ``generate`` decodes greedily with a key/value cache: the decoder's
 self-attention keys and values grow by one position a step, the cross-attention ones are
 projected once from the encoder output.
 """
@@ -26,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.dropout import Dropout
+from models.encoder import dense_attention, prefers_dense
 from models.t5_config import T5Config
 
 IGNORE = -100  # label id the loss skips (target padding)
@@ -110,7 +114,10 @@ class Attention(nn.Module):
         k, v = keys_values
         p = self.dropout if self.training else 0.0
         q = self.heads(self.q(x))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=1.0)
+        if prefers_dense(q, p):
+            y = dense_attention(q, k, v, bias, p, scale=1.0)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p, scale=1.0)
         B, _, T, _ = y.shape
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -123,7 +130,7 @@ class GatedFeedForward(nn.Module):
         self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.dropout(F.gelu(self.gate(x), approximate="tanh") * self.up(x)))
@@ -134,7 +141,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.attention_norm, self.attention = RMSNorm(cfg.d_model, cfg.layer_norm_eps), Attention(cfg)
         self.ffn_norm, self.ffn = RMSNorm(cfg.d_model, cfg.layer_norm_eps), GatedFeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: Tensor, bias: Tensor) -> Tensor:
         h = self.attention_norm(x)
@@ -157,7 +164,7 @@ class DecoderBlock(nn.Module):
         self.self_norm, self.self_attention = RMSNorm(cfg.d_model, cfg.layer_norm_eps), Attention(cfg)
         self.cross_norm, self.cross_attention = RMSNorm(cfg.d_model, cfg.layer_norm_eps), Attention(cfg)
         self.ffn_norm, self.ffn = RMSNorm(cfg.d_model, cfg.layer_norm_eps), GatedFeedForward(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(
         self, x: Tensor, self_bias: Tensor, encoded: Tensor, cross_bias: Tensor,
@@ -200,7 +207,7 @@ class T5ForConditionalGeneration(nn.Module):
         self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_decoder_layers))
         self.decoder_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.apply(self._init)
 
     def _init(self, module: nn.Module) -> None:

@@ -25,6 +25,20 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # before torch is imported, inh
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="bertflow-prefect-")
 
 SKIPPED_E2E: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and don't thrash when other test runs share the CPU
+    (a module asks for it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    import torch  # here, not at the top: the thread settings above must precede torch's import
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # The longest files first: under `make test`'s two xdist workers they start side by side and the
 # short files fill in around them (BENCHMARKS.md "Test suite" has the durations).
 LONGEST_FIRST = (

@@ -21,13 +21,7 @@ from tasks.sink import MemorySink, NullSink
 VOCAB = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and don't thrash when other test runs share the CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
 
 
 def tiny_model(seed: int = 0, dropout: float = 0.1) -> BertForMaskedLM:

@@ -22,12 +22,7 @@ CONTINUATION = torch.zeros(VOCAB, dtype=torch.bool)
 CONTINUATION[40:] = True  # ids >= 40 are "##" pieces
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: see conftest
 
 
 @pytest.fixture(scope="module")

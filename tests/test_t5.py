@@ -181,3 +181,17 @@ def test_checkpoint_round_trip_and_a_t5_checkpoint_is_no_bert_encoder(tmp_path: 
     )
     with pytest.raises(CheckpointError, match="model_type 't5' has no BERT encoder to fine-tune"):
         read_encoder_config(tmp_path)
+
+
+def test_dense_attention_with_a_position_bias_equals_sdpa() -> None:
+    """The CPU bf16 / dropout path of T5's attention computes what SDPA computes with the float bias."""
+    from models.encoder import dense_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, generator=g) for _ in range(3))
+    bias = torch.randn(1, 3, 5, 5, generator=g)
+    bias[..., -1] = torch.finfo(torch.float32).min  # a padded key
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    assert torch.allclose(dense_attention(q, k, v, bias, scale=1.0), expected, atol=1e-5)
+    half = dense_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16(), scale=1.0)
+    assert torch.isfinite(half).all() and torch.allclose(half.float(), expected, atol=0.05)

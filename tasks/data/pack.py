@@ -2,7 +2,11 @@
 
 Output (the packed-dir format): ``pack.json`` plus ``train.bin`` and ``validation.bin``, raw
 C-order arrays of shape (n_rows, seq_len), uint16 when the vocabulary fits, else int32.
-Every row starts with [CLS], every document inside a row ends with [SEP], the tail is [PAD].
+For a BERT-family tokenizer every row starts with [CLS], every document inside a row ends with
+[SEP] and the tail is [PAD]; a T5-family tokenizer's rows start with text, each document ends
+with </s> and the tail is <pad> (span corruption later cuts its inputs and targets from a row,
+so ``seq_len`` is then the raw row length, e.g. 141 tokens for 128 encoder inputs). pack.json
+names the family and its special ids (and T5's sentinel ids): the engine reads them there.
 
 * ``pack``: documents are concatenated (``doc [SEP] doc [SEP] ...``) and cut every
   ``seq_len - 1`` tokens, each row prefixed with [CLS]. A document may continue into the next
@@ -29,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer
 
 from tasks.data.corpus.shards import count_docs, iter_doc_batches
-from tasks.data.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, UNK_ID, load_tokenizer
+from tasks.data.specials import SpecialTokens
+from tasks.data.tokenizer import load_tokenizer, tokenizer_family
 from tasks.sink import MetricSink
 from tasks.store.artifact import Artifact
 from tasks.store.stage import Job, Stage
@@ -60,11 +65,12 @@ def build_pack(cfg: PackConfig, docs: Artifact, tokenizer: Artifact, *, out: Pat
     """Encode documents with the tokenizer artifact and write the packed-dir format."""
     sink = job.sink
     tok = load_tokenizer(tokenizer.dir)
+    specials = tokenizer_family(tok, str(tokenizer.file("tokenizer.json")))
     tok.no_truncation()
     tok.no_padding()
     vocab_size = tok.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab_size <= 65_535 else np.int32)
-    writers = {s: _RowWriter(out / f"{s}.bin", cfg.seq_len, cfg.mode, dtype) for s in SPLITS}
+    writers = {s: _RowWriter(out / f"{s}.bin", cfg.seq_len, cfg.mode, dtype, specials) for s in SPLITS}
     try:
         _encode_into(cfg, tok, docs.dir, writers, sink)
     finally:
@@ -74,7 +80,8 @@ def build_pack(cfg: PackConfig, docs: Artifact, tokenizer: Artifact, *, out: Pat
         raise ValueError(
             f"pack: no training rows from {docs.dir} (all {writers['validation'].docs} docs held out)"
         )
-    (out / "pack.json").write_text(json.dumps(_pack_json(cfg, dtype, vocab_size, writers), indent=2))
+    meta = _pack_json(cfg, dtype, vocab_size, writers, specials)
+    (out / "pack.json").write_text(json.dumps(meta, indent=2))
     summary = _summary(cfg, dtype, vocab_size, writers)
     sink.log_metrics(_metrics(writers), step=0)
     log.info("pack: %s", summary)
@@ -116,8 +123,11 @@ def split_of(doc_id: str, seed: int, validation_fraction: float) -> str:
 class _RowWriter:
     """Turns one split's documents into fixed-length rows and appends them to its .bin file."""
 
-    def __init__(self, path: Path, seq_len: int, mode: str, dtype: np.dtype) -> None:
+    def __init__(self, path: Path, seq_len: int, mode: str, dtype: np.dtype, specials: SpecialTokens) -> None:
         self.seq_len, self.mode, self.dtype = seq_len, mode, dtype
+        self.prefix, self.separator = specials.row_prefix, specials.separator
+        self.pad_id = specials.ids["pad_id"]
+        self.head = int(self.prefix is not None)  # tokens before a row's body
         self.file: IO[bytes] = path.open("wb")
         self.carry = np.zeros(0, dtype=np.int64)  # pack mode: tokens not yet in a full row
         self.docs = self.rows = self.pads = 0
@@ -132,30 +142,31 @@ class _RowWriter:
             return
         size = sum(len(d) + 1 for d in docs)
         stream = np.fromiter(
-            chain.from_iterable(chain(d, (SEP_ID,)) for d in docs), dtype=np.int64, count=size
+            chain.from_iterable(chain(d, (self.separator,)) for d in docs), dtype=np.int64, count=size
         )
         self.carry = np.concatenate([self.carry, stream])  # (carry + size,) doc [SEP] doc [SEP] ...
-        body = self.seq_len - 1
+        body = self.seq_len - self.head
         n_full = self.carry.size // body
         if n_full:
             self._write(self.carry[: n_full * body].reshape(n_full, body), closing=None)
             self.carry = self.carry[n_full * body :]
 
     def _single(self, token_ids: list[int]) -> None:
-        body = self.seq_len - 2
+        body = self.seq_len - self.head - 1
         ids = np.asarray(token_ids, dtype=np.int64)
         for lo in range(0, ids.size, body):
-            self._write(ids[None, lo : lo + body], closing=SEP_ID)
+            self._write(ids[None, lo : lo + body], closing=self.separator)
 
     def _write(self, bodies: np.ndarray, closing: int | None) -> None:
-        """Write rows ``[CLS] body [closing] [PAD]...`` for a (n, <= seq_len - 1) block of bodies."""
+        """Write rows ``[prefix] body [closing] [PAD]...`` for a (n, <= seq_len - head) block of bodies."""
         n, width = bodies.shape
-        rows = np.full((n, self.seq_len), PAD_ID, dtype=self.dtype)  # (n, seq_len)
-        rows[:, 0] = CLS_ID
-        rows[:, 1 : 1 + width] = bodies
+        rows = np.full((n, self.seq_len), self.pad_id, dtype=self.dtype)  # (n, seq_len)
+        if self.prefix is not None:
+            rows[:, 0] = self.prefix
+        rows[:, self.head : self.head + width] = bodies
         if closing is not None:
-            rows[:, 1 + width] = closing
-        self.pads += self.seq_len * n - (1 + width + (closing is not None)) * n
+            rows[:, self.head + width] = closing
+        self.pads += self.seq_len * n - (self.head + width + (closing is not None)) * n
         self.rows += n
         rows.tofile(self.file)
 
@@ -166,16 +177,17 @@ class _RowWriter:
             self.carry = self.carry[:0]
 
 
-def _pack_json(cfg: PackConfig, dtype: np.dtype, vocab_size: int, writers: dict[str, _RowWriter]) -> dict:
+def _pack_json(
+    cfg: PackConfig, dtype: np.dtype, vocab_size: int, writers: dict[str, _RowWriter], specials: SpecialTokens
+) -> dict:
+    sentinels = {"sentinel_ids": specials.sentinel_ids} if specials.sentinels else {}
     return {
         "dtype": dtype.name,
         "seq_len": cfg.seq_len,
         "vocab_size": vocab_size,
-        "pad_id": PAD_ID,
-        "unk_id": UNK_ID,
-        "cls_id": CLS_ID,
-        "sep_id": SEP_ID,
-        "mask_id": MASK_ID,
+        "family": specials.family,
+        **specials.ids,
+        **sentinels,
         "mode": cfg.mode,
         "splits": {s: w.rows for s, w in writers.items()},
     }

@@ -16,14 +16,18 @@ the lowest score already in the vocabulary (a lower one would raise unigram's un
 penalty, which is derived from the minimum, and change how other text is split).
 ``get_vocab_size()`` -- and so ``pack.json``'s ``vocab_size`` -- counts them.
 
-Special tokens sit at fixed ids ([PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4) because the packed
-data format and the models hard-code them; training fails loudly if they land elsewhere.
+Special tokens sit at fixed ids, the model family's set in order (specials.py): BERT's
+[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, or T5's <pad>=0 </s>=1 <unk>=2 and the sentinels
+<extra_id_0>=3 .. <extra_id_99>=102. Training fails loudly if they land elsewhere; a saved
+tokenizer says its family by the padding token it holds. BERT's template adds [CLS] A [SEP]
+(B [SEP]); T5's closes each segment with </s>.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import string
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tasks.data.corpus.shards import count_docs, iter_doc_batches
+from tasks.data.specials import BERT, FAMILIES, Family, SpecialTokens, family_of
 from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
 from tasks.store.stage import Job, Stage
@@ -40,16 +45,21 @@ from tasks.store.stage import Job, Stage
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # index == fixed id
+SPECIAL_TOKENS = BERT.tokens  # ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), index == fixed id
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
 _SUBWORD_PREFIX = "##"
 _METASPACE = "▁"
+_PRINTABLE = sorted(set(string.printable) - set(string.whitespace))  # T5 family: see _trainer
 
 
 class TokenizerConfig(BaseModel):
-    """Subword algorithm, vocabulary size and BERT text normalization."""
+    """Subword algorithm, vocabulary size, the model family's special tokens and text normalization."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: Family = Field(
+        "bert", description="Special tokens and template: bert ([CLS] A [SEP]) or t5 (A </s>, 100 sentinels)."
+    )
 
     algorithm: Literal["wordpiece", "bpe", "unigram"] = Field(
         "wordpiece",
@@ -79,16 +89,17 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
     """Train a tokenizer on a document-shard artifact and save it in tokenizers + HF formats."""
     sink = job.sink
     total = count_docs(docs.dir) if cfg.max_docs is None else min(cfg.max_docs, count_docs(docs.dir))
-    tokenizer = _new_tokenizer(cfg)
+    specials = FAMILIES[cfg.family]
+    tokenizer = _new_tokenizer(cfg, specials)
     pieces = [] if cfg.algorithm == "unigram" else continuation_pieces(cfg, tokenizer, docs.dir, total)
-    trainer = _trainer(cfg, pieces)
+    trainer = _trainer(cfg, specials, pieces)
     tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), trainer, length=total)
-    tokenizer = _unmark_special(tokenizer, pieces)
-    _check_special_ids(tokenizer, "trained tokenizer")
+    tokenizer = _unmark_special(tokenizer, specials, pieces)
+    _check_special_ids(tokenizer, "trained tokenizer", specials)
     trained = tokenizer.get_vocab_size()
     tokenizer = pad_vocab(tokenizer, cfg.pad_vocab_multiple)
-    tokenizer.post_processor = _bert_template()
-    _save(cfg, tokenizer, out)
+    tokenizer.post_processor = _template(specials)
+    _save(cfg, specials, tokenizer, out)
     summary = {"algorithm": cfg.algorithm, "vocab_size": tokenizer.get_vocab_size(), "docs": total}
     summary |= {"trained_vocab_size": trained, "unused_tokens": summary["vocab_size"] - trained}
     sink.log_metrics({"vocab_size": summary["vocab_size"], "docs": total}, step=0)
@@ -97,13 +108,18 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
 
 
 def load_tokenizer(directory: Path | str) -> Tokenizer:
-    """The tokenizer saved in an artifact or checkpoint dir, checked for the fixed special ids."""
+    """The tokenizer saved in an artifact or checkpoint dir, checked for its family's fixed special ids."""
     path = Path(directory) / "tokenizer.json"
     if not path.is_file():
         raise FileNotFoundError(f"no tokenizer.json in {directory}")
     tokenizer = Tokenizer.from_file(str(path))
-    _check_special_ids(tokenizer, str(path))
+    _check_special_ids(tokenizer, str(path), tokenizer_family(tokenizer, str(path)))
     return tokenizer
+
+
+def tokenizer_family(tokenizer: Tokenizer, where: str) -> SpecialTokens:
+    """The special-token family of a trained tokenizer, read off the padding token it holds."""
+    return family_of(lambda token: tokenizer.token_to_id(token) is not None, where)
 
 
 def pad_vocab(tokenizer: Tokenizer, multiple: int) -> Tokenizer:
@@ -141,7 +157,7 @@ def _text_batches(cfg: TokenizerConfig, src: Path, sink: MetricSink, total: int)
             return
 
 
-def _new_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
+def _new_tokenizer(cfg: TokenizerConfig, specials: SpecialTokens) -> Tokenizer:
     """Untrained tokenizer: model, BERT normalizer, pre-tokenizer and decoder for the algorithm."""
     normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=cfg.strip_accents, lowercase=cfg.lowercase
@@ -153,9 +169,9 @@ def _new_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
         tokenizer.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme="always")
     else:
         model = (
-            models.WordPiece(unk_token="[UNK]", continuing_subword_prefix=_SUBWORD_PREFIX)
+            models.WordPiece(unk_token=specials.unk, continuing_subword_prefix=_SUBWORD_PREFIX)
             if cfg.algorithm == "wordpiece"
-            else models.BPE(unk_token="[UNK]", continuing_subword_prefix=_SUBWORD_PREFIX)
+            else models.BPE(unk_token=specials.unk, continuing_subword_prefix=_SUBWORD_PREFIX)
         )
         tokenizer = Tokenizer(model)
         tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -186,36 +202,56 @@ def continuation_pieces(cfg: TokenizerConfig, tokenizer: Tokenizer, src: Path, t
     return sorted(f"{_SUBWORD_PREFIX}{c}" for c, n in ranked if n >= cut)
 
 
-def _unmark_special(tokenizer: Tokenizer, pieces: list[str]) -> Tokenizer:
+def _unmark_special(tokenizer: Tokenizer, specials: SpecialTokens, pieces: list[str]) -> Tokenizer:
     """The pieces were passed as special tokens only to fix their ids: make them ordinary vocabulary."""
     if not pieces:
         return tokenizer
     data = json.loads(tokenizer.to_str())
-    keep = set(SPECIAL_TOKENS)
+    keep = set(specials.tokens)
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in keep]
     return Tokenizer.from_str(json.dumps(data))
 
 
-def _trainer(cfg: TokenizerConfig, pieces: Sequence[str] = ()) -> trainers.Trainer:
-    """Trainer that puts the special tokens first, in order, so they get ids 0..4, then ``pieces``."""
-    specials = list(SPECIAL_TOKENS)
+def _trainer(cfg: TokenizerConfig, specials: SpecialTokens, pieces: Sequence[str] = ()) -> trainers.Trainer:
+    """Trainer that puts the special tokens first, in order, so they get ids 0, 1, ..., then ``pieces``.
+
+    A T5-family tokenizer also starts from every printable ASCII character: T5 writes its answers
+    as text (class words such as ``not_equivalent``, STS-B scores such as ``3.8``, the prompts'
+    ``sentence1:``), so a character the corpus happens to lack must not become <unk>, which no
+    decoded output could ever match.
+    """
+    tokens = list(specials.tokens)
+    alphabet = _PRINTABLE if specials.family == "t5" else []
+    if cfg.vocab_size <= len(tokens) + len(alphabet):
+        raise ValueError(
+            f"TokenizerConfig.vocab_size={cfg.vocab_size} leaves no room beside the {len(tokens)} "
+            f"special tokens of the {specials.family} family"
+            + (f" and its {len(alphabet)} printable characters" if alphabet else "")
+        )
     if cfg.algorithm == "unigram":
         return trainers.UnigramTrainer(
-            vocab_size=cfg.vocab_size, special_tokens=specials, unk_token="[UNK]", show_progress=False
-        )
+            vocab_size=cfg.vocab_size, special_tokens=tokens, unk_token=specials.unk, show_progress=False,
+            initial_alphabet=alphabet,
+        )  # fmt: skip
     kind = trainers.WordPieceTrainer if cfg.algorithm == "wordpiece" else trainers.BpeTrainer
     return kind(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
         limit_alphabet=cfg.limit_alphabet,
-        special_tokens=[*specials, *pieces],
+        special_tokens=[*tokens, *pieces],
+        initial_alphabet=alphabet,
         continuing_subword_prefix=_SUBWORD_PREFIX,
         show_progress=False,
     )
 
 
-def _bert_template() -> processors.TemplateProcessing:
-    """[CLS] A [SEP] for one segment, [CLS] A [SEP] B [SEP] with type id 1 on B for pairs."""
+def _template(specials: SpecialTokens) -> processors.TemplateProcessing:
+    """BERT: [CLS] A [SEP] for one segment, [CLS] A [SEP] B [SEP] with type id 1 on B for pairs.
+    T5: A </s> and A </s> B </s> (T5 writes a pair into one text; the template is for completeness)."""
+    if specials.family == "t5":
+        return processors.TemplateProcessing(
+            single="$A </s>", pair="$A </s> $B:1 </s>:1", special_tokens=[("</s>", specials.separator)]
+        )
     return processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -223,22 +259,33 @@ def _bert_template() -> processors.TemplateProcessing:
     )
 
 
-def _check_special_ids(tokenizer: Tokenizer, where: str) -> None:
-    for expected, token in enumerate(SPECIAL_TOKENS):
+def _check_special_ids(tokenizer: Tokenizer, where: str, specials: SpecialTokens) -> None:
+    for expected, token in enumerate(specials.tokens):
         got = tokenizer.token_to_id(token)
         if got != expected:
             raise ValueError(f"{where}: special token {token} has id {got}, expected {expected}")
 
 
-def _save(cfg: TokenizerConfig, tokenizer: Tokenizer, out: Path) -> None:
+def _special_map(specials: SpecialTokens) -> dict[str, object]:
+    """special_tokens_map.json: transformers' names for the family's tokens."""
+    if specials.family == "t5":
+        names = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+        return names | {"additional_special_tokens": list(specials.tokens[len(specials.keys) :])}
+    return {
+        "pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    }  # fmt: skip
+
+
+def _save(cfg: TokenizerConfig, specials: SpecialTokens, tokenizer: Tokenizer, out: Path) -> None:
     """tokenizer.json plus the files transformers reads (vocab.txt, tokenizer_config, special map)."""
     tokenizer.save(str(out / "tokenizer.json"))
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     (out / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
-    special_map = {"pad_token": "[PAD]", "unk_token": "[UNK]", "cls_token": "[CLS]", "sep_token": "[SEP]"}
-    special_map["mask_token"] = "[MASK]"
+    special_map = _special_map(specials)
     # BertTokenizerFast rebuilds a WordPiece model, which is only right for wordpiece vocabularies.
-    tokenizer_class = "BertTokenizerFast" if cfg.algorithm == "wordpiece" else "PreTrainedTokenizerFast"
+    bert_wordpiece = cfg.algorithm == "wordpiece" and specials.family == "bert"
+    tokenizer_class = "BertTokenizerFast" if bert_wordpiece else "PreTrainedTokenizerFast"
     hf_config = {
         "tokenizer_class": tokenizer_class,
         "do_lower_case": cfg.lowercase,

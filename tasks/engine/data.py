@@ -23,7 +23,11 @@ from tasks.engine.masking import Strategy, mask_tokens
 
 PACK_FILE = "pack.json"
 DTYPES = {"uint16": np.uint16, "int32": np.int32}
-SPECIAL_KEYS = ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id")
+# pack.json's special-id keys by model family (a pack.json without "family" is BERT's, as before T5)
+SPECIAL_KEYS = {
+    "bert": ("pad_id", "unk_id", "cls_id", "sep_id", "mask_id"),
+    "t5": ("pad_id", "eos_id", "unk_id"),
+}
 # Domain tags keep the permutation stream and the mask stream independent even when epoch == step.
 _PERMUTATION_STREAM = 0
 _MASK_STREAM = 1
@@ -46,6 +50,7 @@ class PackedSequences:
                 f"{self.dir / PACK_FILE}: field 'splits' has no {split!r} (has {sorted(splits)})"
             )
         self.split = split
+        self.family: str = self.meta.get("family", "bert")
         self.seq_len: int = self.meta["seq_len"]
         self.vocab_size: int = self.meta["vocab_size"]
         self.num_rows: int = splits[split]
@@ -69,8 +74,13 @@ class PackedSequences:
 
     @property
     def special_ids(self) -> dict[str, int]:
-        """{"pad_id": 0, "unk_id": 1, ...} as written in pack.json."""
-        return {key: int(self.meta[key]) for key in SPECIAL_KEYS}
+        """{"pad_id": 0, "unk_id": 1, ...} as written in pack.json (the family's keys)."""
+        return {key: int(self.meta[key]) for key in SPECIAL_KEYS[self.family]}
+
+    @property
+    def sentinel_ids(self) -> tuple[int, ...]:
+        """T5's <extra_id_N> ids in order (empty for BERT)."""
+        return tuple(int(i) for i in self.meta.get("sentinel_ids", ()))
 
     def take(self, indices: np.ndarray) -> Tensor:
         """Rows at ``indices`` as a (len(indices), seq_len) int64 tensor."""
@@ -86,7 +96,11 @@ def read_pack_meta(dir: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise PackedDataError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-    for key in ("dtype", "seq_len", "vocab_size", "splits", *SPECIAL_KEYS):
+    family = meta.get("family", "bert")
+    if family not in SPECIAL_KEYS:
+        raise PackedDataError(f"{path}: field 'family' must be one of {sorted(SPECIAL_KEYS)}, got {family!r}")
+    required = ("dtype", "seq_len", "vocab_size", "splits", *SPECIAL_KEYS[family])
+    for key in (*required, *(("sentinel_ids",) if family == "t5" else ())):
         if key not in meta:
             raise PackedDataError(f"{path}: missing field {key!r}")
     if meta["dtype"] not in DTYPES:
@@ -104,19 +118,63 @@ def seeded_generator(*words: int) -> torch.Generator:
 
 
 @dataclass
-class MLMBatchSource:
-    """Deterministic MLM batches over a PackedSequences split: ``batch(step)`` depends only on (seed, step).
+class RowStream:
+    """Which rows batch ``step`` holds, as a pure function of (seed, step).
 
     Row order: the stream of rows is epoch 0's permutation, then epoch 1's, ...; batch ``step``
     takes positions [step*B, (step+1)*B) of that stream (a batch may straddle two epochs).
-    ``strategy`` picks token / whole-word / span masking (see masking.py; word and span need the
-    ``is_continuation`` lookup); ``with_doc_ids`` adds the (B, T) document index per token that
-    the encoder's ``doc_attention`` uses.
+    Subclasses turn the rows into an objective's batch.
     """
 
     packed: PackedSequences
     batch_size: int
     seed: int
+    _permutations: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if len(self.packed) == 0:
+            raise PackedDataError(f"{self.packed.dir}: split {self.packed.split!r} has no rows")
+
+    @property
+    def pad_id(self) -> int:
+        return self.packed.special_ids["pad_id"]
+
+    @property
+    def steps_per_epoch(self) -> float:
+        return len(self.packed) / self.batch_size
+
+    def row_indices(self, step: int) -> np.ndarray:
+        """Row ids of batch ``step``: a window of the concatenated per-epoch permutations."""
+        n = len(self.packed)
+        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)  # (B,)
+        epochs, offsets = np.divmod(positions, n)
+        rows = np.empty_like(positions)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            rows[here] = self.permutation(int(epoch))[offsets[here]]
+        return rows
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Row order of one epoch; the last two are cached (a batch touches at most two epochs)."""
+        if epoch not in self._permutations:
+            rng = np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch])
+            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
+            self._permutations[epoch] = rng.permutation(len(self.packed))
+        return self._permutations[epoch]
+
+
+@dataclass
+class MLMBatchSource(RowStream):
+    """Deterministic MLM batches over a PackedSequences split: ``batch(step)`` depends only on (seed, step).
+
+    Rows as in RowStream; the mask comes from a generator seeded by (seed, step).
+    ``strategy`` picks token / whole-word / span masking (see masking.py; word and span need the
+    ``is_continuation`` lookup); ``with_doc_ids`` adds the (B, T) document index per token that
+    the encoder's ``doc_attention`` uses.
+    """
+
     mask_rate: float = 0.15
     replace_prob: float = 0.8
     random_prob: float = 0.1
@@ -125,13 +183,14 @@ class MLMBatchSource:
     span_p: float = 0.2
     span_max: int = 10
     with_doc_ids: bool = False
-    _permutations: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if len(self.packed) == 0:
-            raise PackedDataError(f"{self.packed.dir}: split {self.packed.split!r} has no rows")
+        super().__post_init__()
+        if self.packed.family != "bert":
+            raise PackedDataError(
+                f"{self.packed.dir}: masked-LM batches need BERT's special tokens, but pack.json's family "
+                f"is {self.packed.family!r} (pre-train it with pretrain.family = {self.packed.family!r})"
+            )
         if self.strategy in ("word", "span") and self.is_continuation is None:
             raise ValueError(f"{self.strategy} masking needs the tokenizer's is_continuation lookup")
 
@@ -167,33 +226,6 @@ class MLMBatchSource:
         if self.with_doc_ids:
             batch["doc_ids"] = document_ids(ids, special["sep_id"], attention_mask)
         return batch
-
-    @property
-    def pad_id(self) -> int:
-        return self.packed.special_ids["pad_id"]
-
-    @property
-    def steps_per_epoch(self) -> float:
-        return len(self.packed) / self.batch_size
-
-    def row_indices(self, step: int) -> np.ndarray:
-        """Row ids of batch ``step``: a window of the concatenated per-epoch permutations."""
-        n = len(self.packed)
-        positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)  # (B,)
-        epochs, offsets = np.divmod(positions, n)
-        rows = np.empty_like(positions)
-        for epoch in np.unique(epochs):
-            here = epochs == epoch
-            rows[here] = self.permutation(int(epoch))[offsets[here]]
-        return rows
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        """Row order of one epoch; the last two are cached (a batch touches at most two epochs)."""
-        if epoch not in self._permutations:
-            rng = np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch])
-            self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
-            self._permutations[epoch] = rng.permutation(len(self.packed))
-        return self._permutations[epoch]
 
 
 def trim_padding(ids: Tensor, pad_id: int) -> Tensor:

@@ -11,6 +11,12 @@ backward = 3x forward, each multiply-add = 2 FLOPs):
 that work. The embedding lookup is free (no matmul); the decoder is counted only where it
 runs, so an MLM head on all tokens (Hugging Face) and one on masked tokens (ours) are
 credited the same useful work: MFU then compares implementations fairly.
+
+A T5 encoder-decoder (``t5_flops_estimator``) counts the same way per stack: encoder blocks on
+the S encoder positions, decoder blocks on the T target positions except the cross-attention
+keys/values, which are projected from the S encoder positions; attention 12 * blocks *
+inner * length per query position (self and cross), and the untied output layer on every
+target position (T5 scores all of them).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from models.t5 import T5ForConditionalGeneration
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +76,11 @@ def flops_estimator(model: nn.Module) -> FlopsFn:
     """FLOPs of one training micro-batch for ``model`` (see the module docstring).
 
     Reads layers / hidden / vocab from ``model.cfg`` when there is one (every model in models/);
-    an ELECTRA model adds its generator's attention too. Other models count 6 * N * tokens.
+    an ELECTRA model adds its generator's attention too; T5 has its own count. Other models
+    count 6 * N * tokens.
     """
+    if isinstance(model, T5ForConditionalGeneration):
+        return t5_flops_estimator(model)
     dense_params = sum(p.numel() for p in model.parameters()) - embedding_parameters(model)
     cfgs = [c for c in (getattr(model, "cfg", None), getattr(model, "generator_cfg", None)) if c is not None]
     attention_width = sum(c.num_layers * c.hidden_size for c in cfgs)
@@ -82,5 +93,26 @@ def flops_estimator(model: nn.Module) -> FlopsFn:
         return (
             6.0 * dense_params * tokens + 12.0 * attention_width * seq_len * tokens + 6.0 * decoder * masked
         )
+
+    return flops
+
+
+def t5_flops_estimator(model: T5ForConditionalGeneration) -> FlopsFn:
+    """FLOPs of one training micro-batch of a T5 model: input_ids (B, S), labels (B, T)."""
+    cfg = model.cfg
+
+    def params(modules: nn.Module) -> int:
+        return sum(p.numel() for p in modules.parameters())
+
+    cross_kv = sum(params(b.cross_attention.k) + params(b.cross_attention.v) for b in model.decoder_blocks)
+    encoder, decoder = params(model.encoder_blocks), params(model.decoder_blocks) - cross_kv
+    output = cfg.vocab_size * cfg.d_model
+
+    def flops(batch: Mapping[str, Any]) -> float:
+        (B, S), T = batch["input_ids"].shape, batch["labels"].size(-1)
+        encoder_tokens, decoder_tokens = B * S, B * T
+        dense = (encoder + cross_kv) * encoder_tokens + (decoder + output) * decoder_tokens
+        attention = cfg.num_layers * S * encoder_tokens + cfg.num_decoder_layers * (T + S) * decoder_tokens
+        return 6.0 * dense + 12.0 * cfg.inner_dim * attention
 
     return flops

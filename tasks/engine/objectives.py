@@ -1,4 +1,5 @@
-"""Pre-training objectives: MLM, MLM + sentence-pair (NSP / SOP), and ELECTRA replaced-token detection.
+"""Pre-training objectives: MLM, MLM + sentence-pair (NSP / SOP), ELECTRA replaced-token detection,
+and T5's span corruption (an encoder-decoder writing the dropped spans).
 
 (Fine-tuning objectives live in finetune_objectives.py.) Each objective is a callable
 ``(model, batch) -> (loss, metrics)`` for ``fit`` plus ``evaluate(model, batches, device)`` for
@@ -140,6 +141,48 @@ class ElectraObjective:
         return result | {"val_disc_accuracy": correct / max(total, 1.0)}
 
 
+class SpanCorruptionObjective:
+    """Token cross-entropy of the decoder over the targets (sentinels, span tokens, </s>), as T5.
+
+    Metric: the fraction of target tokens predicted exactly under teacher forcing.
+    """
+
+    def __call__(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        logits, loss = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        real = batch["labels"] != IGNORE_INDEX
+        accuracy = (logits.argmax(dim=-1)[real] == batch["labels"][real]).float().mean()
+        return loss, {"token_accuracy": accuracy.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device) -> dict:
+        """Target-token-weighted loss, accuracy and perplexity over the validation batches."""
+        loss, accuracy = token_weighted(span_logits_and_targets(model, to(b, device)) for b in batches)
+        return {"val_loss": loss, "val_token_accuracy": accuracy, "val_perplexity": math.exp(min(loss, 50.0))}
+
+
+def span_logits_and_targets(model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """A T5 model's logits at the real target positions (N, V) and those targets (N,)."""
+    logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    real = batch["labels"] != IGNORE_INDEX
+    return logits[real], batch["labels"][real]
+
+
+def token_weighted(pairs: Iterable[tuple[Tensor, Tensor]]) -> tuple[float, float]:
+    """(cross-entropy, accuracy) over every predicted token of (logits (N, V), targets (N,)) pairs.
+
+    Weighting by token count (not averaging per-batch means) makes the figure independent of
+    how the validation rows happen to be split into batches.
+    """
+    total_loss, correct, count = 0.0, 0, 0
+    for logits, targets in pairs:
+        total_loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+        correct += int((logits.argmax(dim=-1) == targets).sum())
+        count += targets.numel()
+    if count == 0:
+        raise ValueError("the evaluation batches contain no token to predict")
+    return total_loss / count, correct / count
+
+
 def to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -148,22 +191,6 @@ def to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def evaluate_mlm(
     model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device
 ) -> dict[str, float]:
-    """Token-weighted MLM loss, accuracy and perplexity over ``batches`` (an iterable of batches).
-
-    Weighting by masked-token count (not averaging per-batch means) makes the figure independent
-    of how the validation rows happen to be split into batches.
-    """
-    total_loss, correct, count = 0.0, 0, 0
-    for batch in batches:
-        logits, targets = mlm_logits_and_targets(model, to(batch, device))
-        total_loss += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
-        correct += int((logits.argmax(dim=-1) == targets).sum())
-        count += targets.numel()
-    if count == 0:
-        raise ValueError("evaluate_mlm: the evaluation batches contain no masked token")
-    loss = total_loss / count
-    return {
-        "val_loss": loss,
-        "val_mlm_accuracy": correct / count,
-        "val_perplexity": math.exp(min(loss, 50.0)),
-    }
+    """Token-weighted MLM loss, accuracy and perplexity over the masked tokens of ``batches``."""
+    loss, accuracy = token_weighted(mlm_logits_and_targets(model, to(b, device)) for b in batches)
+    return {"val_loss": loss, "val_mlm_accuracy": accuracy, "val_perplexity": math.exp(min(loss, 50.0))}

@@ -17,18 +17,23 @@ is seen, so every epoch masks afresh.
 
 ``raw_length`` answers the packing question: how many corpus tokens a row must hold so the
 corrupted input fills the encoder exactly (T5: 568 raw tokens for 512 inputs and 114 targets;
-here 141 for 128 and 29).
+here 141 for 128 and 29). ``SpanBatchSource`` is the batch source the loop trains on: packed
+rows as in every other objective (a pure function of (seed, step), so resume is exact), each
+row corrupted with a generator seeded by (seed, step).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from tasks.engine.data import PackedDataError, RowStream, seeded_generator
 from tasks.engine.masking import IGNORE_INDEX
+
+_CORRUPTION_STREAM = 3  # beside data.py's permutation / mask / pair streams
 
 
 @dataclass(frozen=True)
@@ -132,21 +137,62 @@ def _pad(rows: Sequence[Tensor], value: int) -> Tensor:
 
 def recover(inputs: Tensor, targets: Tensor, sentinel_ids: Sequence[int], eos_id: int) -> list[int]:
     """The original row from one (inputs, targets) pair: every sentinel in the input is replaced by the
-    tokens after the same sentinel in the targets (the check that nothing was lost or reordered)."""
+    tokens after the same sentinel in the targets (the check that nothing was lost or reordered).
+
+    Only the closing </s> of each is dropped: a packed row holds one </s> after every document,
+    and those are text like any other token here.
+    """
+    sentinels = set(sentinel_ids)
     spans: dict[int, list[int]] = {}
     current: int | None = None
-    sentinels = set(sentinel_ids)
-    for token in targets.tolist():
-        if token == eos_id:
-            break
+    for token in _without_closing(targets, eos_id):
         if token in sentinels:
             current = token
             spans[current] = []
         elif current is not None:
             spans[current].append(token)
     row: list[int] = []
-    for token in inputs.tolist():
-        if token == eos_id:
-            break
+    for token in _without_closing(inputs, eos_id):
         row.extend(spans[token] if token in sentinels else [token])
     return row
+
+
+def _without_closing(ids: Tensor, eos_id: int) -> list[int]:
+    values = ids.tolist()
+    if not values or values[-1] != eos_id:
+        raise ValueError("a span-corrupted sequence must end with </s>")
+    return values[:-1]
+
+
+@dataclass
+class SpanBatchSource(RowStream):
+    """Span-corrupted batches of a T5-family packed split; ``batch(step)`` depends only on (seed, step).
+
+    A row's trailing <pad> (the last row of a split) is cut before corruption, so padding is
+    never noise and never a target.
+    """
+
+    noise_density: float = 0.15
+    mean_span_length: float = 3.0
+    corruption: SpanCorruption = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.packed.family != "t5":
+            raise PackedDataError(
+                f"{self.packed.dir}: span corruption needs T5's sentinels, but pack.json's family is "
+                f"{self.packed.family!r} (train the tokenizer with tokenizer.family = 't5')"
+            )
+        special = self.packed.special_ids
+        self.corruption = SpanCorruption(
+            self.packed.sentinel_ids, special["eos_id"], special["pad_id"], self.noise_density,
+            self.mean_span_length,
+        )  # fmt: skip
+        self.corruption.counts(self.packed.seq_len)  # a row too short for the sentinels fails here, not later
+
+    def batch(self, step: int) -> dict[str, Tensor]:
+        """input_ids / attention_mask (B, S) and labels (B, T): each row's corruption, padded."""
+        rows = self.packed.take(self.row_indices(step))  # (B, L)
+        lengths = (rows != self.pad_id).sum(dim=1).clamp(min=2).tolist()  # pads only trail a row
+        generator = seeded_generator(self.seed, _CORRUPTION_STREAM, step)
+        return self.corruption.batch([row[:n] for row, n in zip(rows, lengths, strict=True)], generator)

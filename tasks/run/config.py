@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.data.dedup import DedupConfig
 from tasks.data.ingest import IngestConfig
@@ -55,6 +55,16 @@ class PipelineConfig(BaseModel):
     baseline_random_init: bool = Field(
         False, description="Also fine-tune from random init on the same budget, to measure transfer."
     )
+
+    @model_validator(mode="after")
+    def _one_family(self) -> PipelineConfig:
+        """The tokenizer carries the model family's special tokens: a mismatch would fail at pre-training."""
+        if self.tokenizer.family != self.pretrain.family:
+            raise ValueError(
+                f"tokenizer.family={self.tokenizer.family!r} but pretrain.family={self.pretrain.family!r}: "
+                "the tokenizer must carry the special tokens of the model family it feeds"
+            )
+        return self
 
 
 class PresetError(ValueError):

@@ -1,8 +1,8 @@
 """What pre-training trains: the objective's model, its loss, and its deterministic batches.
 
-Each pre-training objective (MLM and its masking variants, sentence-pair MLM, ELECTRA) is
-a (model, objective, batch source) triple built from the ``PretrainConfig``; the one loop
-(``tasks.engine.loop.fit``) trains any of them.
+Each pre-training objective (MLM and its masking variants, sentence-pair MLM, ELECTRA, and
+T5's span corruption) is a (model, objective, batch source) triple built from the
+``PretrainConfig``; the one loop (``tasks.engine.loop.fit``) trains any of them.
 """
 
 from __future__ import annotations
@@ -16,20 +16,29 @@ import torch
 from tokenizers import Tokenizer
 
 from models.pretraining import BertForMaskedLM, BertForPreTraining, ElectraForPreTraining, generator_config
+from models.t5 import T5ForConditionalGeneration
 from tasks.engine.data import MLMBatchSource, PackedSequences, PairBatchSource
 from tasks.engine.masking import continuation_lookup
-from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective
+from tasks.engine.objectives import ElectraObjective, MLMObjective, PairObjective, SpanCorruptionObjective
+from tasks.engine.span_corruption import SpanBatchSource
 from tasks.store.artifact import Artifact
 from tasks.train.pretrain_config import PretrainConfig
 
 log = logging.getLogger(__name__)
 
-PretrainingModel = BertForMaskedLM | ElectraForPreTraining
-Objective = MLMObjective | PairObjective | ElectraObjective
+PretrainingModel = BertForMaskedLM | ElectraForPreTraining | T5ForConditionalGeneration
+Objective = MLMObjective | PairObjective | ElectraObjective | SpanCorruptionObjective
+BatchSource = MLMBatchSource | SpanBatchSource
 
 
 def build_model(cfg: PretrainConfig, train: PackedSequences) -> PretrainingModel:
     """The objective's model, seeded on a forked RNG (the caller's global RNG is left alone)."""
+    if cfg.family == "t5":
+        special = train.special_ids
+        t5 = cfg.t5.t5_config(vocab_size=train.vocab_size, pad_id=special["pad_id"], eos_id=special["eos_id"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return T5ForConditionalGeneration(t5)
     encoder = cfg.shape.encoder_config(
         vocab_size=train.vocab_size,
         seq_len=train.seq_len,
@@ -46,6 +55,8 @@ def build_model(cfg: PretrainConfig, train: PackedSequences) -> PretrainingModel
 
 
 def build_objective(cfg: PretrainConfig) -> Objective:
+    if cfg.objective == "span_corruption":
+        return SpanCorruptionObjective()
     if cfg.objective == "electra":
         return ElectraObjective(cfg.electra_weight)
     if cfg.objective in ("mlm+sop", "mlm+nsp"):
@@ -55,8 +66,11 @@ def build_objective(cfg: PretrainConfig) -> Objective:
 
 def batch_source(
     cfg: PretrainConfig, split: PackedSequences, tokenizer: Artifact, seed: int | None = None
-) -> MLMBatchSource:
+) -> BatchSource:
     """The objective's deterministic batch source over ``split``."""
+    seed = cfg.seed if seed is None else seed
+    if cfg.objective == "span_corruption":
+        return SpanBatchSource(split, cfg.batch_size, seed, cfg.noise_density, cfg.mean_span_length)
     strategy = {"wwm": "word", "span": "span"}.get(cfg.objective, "token")
     common: dict[str, Any] = {
         "mask_rate": cfg.mask_rate,
@@ -66,7 +80,6 @@ def batch_source(
         "span_max": cfg.span_max,
         "with_doc_ids": cfg.shape.doc_attention,
     }
-    seed = cfg.seed if seed is None else seed
     if cfg.objective in ("mlm+sop", "mlm+nsp"):
         return PairBatchSource(split, cfg.batch_size, seed, task=cfg.objective.removeprefix("mlm+"), **common)
     return MLMBatchSource(split, cfg.batch_size, seed, **common)
