@@ -1,5 +1,9 @@
 """Scoring a fine-tuned model set on dev files: model outputs, GLUE, SQuAD and entity metrics, per task.
 
+A BERT-family model is scored from its heads' outputs; a T5-family model writes its answers
+as text (greedy decoding), read back by ``tasks.downstream.text_to_text`` and scored by the
+same metric modules, with the outputs that are no valid label counted as ``invalid_outputs``.
+
 Shared by the evaluate stage (the report) and fine-tuning (ranking seeds), so neither
 stage imports the other. Scores come from the project's own `evaluate.Metric` subclasses
 (official GLUE / SQuAD definitions, 0-100 scale).
@@ -19,9 +23,11 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer
+from torch import nn
 
-from models.io import load_multitask
+from models.io import load_multitask, load_t5, read_config
 from models.multitask import MultiTaskModel
+from models.t5 import T5ForConditionalGeneration
 from tasks.downstream.conll import TokenExample
 from tasks.downstream.features import (
     Features,
@@ -37,6 +43,14 @@ from tasks.downstream.selection import SelectionSplit, split_examples
 from tasks.downstream.spans import best_spans
 from tasks.downstream.squad import SquadExample
 from tasks.downstream.tasks import DevSplit, TaskSpec, get_task
+from tasks.downstream.text_to_text import (
+    encode_text_examples,
+    generate_texts,
+    max_target_tokens,
+    parse_output,
+    scored_prediction,
+    text_format,
+)
 from tasks.engine.device import pick_device
 from tasks.sink import MetricSink
 
@@ -135,6 +149,13 @@ def score_glue(
         preds: list[int | float] = [int(np.argmax(o)) for o in outputs]
     else:
         preds = [float(o) for o in outputs]
+    return glue_scores(spec, split, examples, preds)
+
+
+def glue_scores(
+    spec: TaskSpec, split: DevSplit, examples: Sequence[GlueExample], preds: Sequence[int | float]
+) -> tuple[dict[str, float], list[dict]]:
+    """GLUE metrics of predicted class indices or scores, and the prediction rows."""
     from tasks.downstream.metrics.glue import GlueMetric  # imports `evaluate` (~3 s): only when scoring
 
     scores = GlueMetric(spec.name).compute(predictions=preds, references=[e.label for e in examples])
@@ -204,16 +225,21 @@ def score_squad(
         row["n_best"] = [{"text": s.text, "score": s.score} for s in spans[:N_BEST_WRITTEN]]
         predictions.append(prediction)
         rows.append(row)
-    references = [
-        {"id": e.id, "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}}
-        for e in examples
-    ]
+    references = squad_references(examples)
     if spec.no_answer:
         metric = SquadV2Metric().compute(
             predictions=predictions, references=references, no_answer_threshold=cfg.no_answer_threshold
         )
         return metric, rows
     return SquadMetric().compute(predictions=predictions, references=references), rows
+
+
+def squad_references(examples: Sequence[SquadExample]) -> list[dict]:
+    """The SQuAD metric's references: every gold answer's text and start."""
+    return [
+        {"id": e.id, "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}}
+        for e in examples
+    ]
 
 
 def word_tags(
@@ -252,14 +278,59 @@ def score_tagging(
     return EntityMetric().compute(predictions=predictions, references=references), rows
 
 
+def score_text_to_text(
+    cfg: ScoringConfig,
+    model: T5ForConditionalGeneration,
+    tokenizer: Tokenizer,
+    spec: TaskSpec,
+    split: DevSplit,
+    examples: Sequence[Any],
+    closed_book: bool,
+) -> tuple[dict[str, float], list[dict]]:
+    """A T5 model's greedy answers to one dev file, read back as labels and scored like the heads'."""
+    features = encode_text_examples(tokenizer, spec, examples, cfg.max_seq_len, closed_book)
+    budget = max_target_tokens(tokenizer, spec, cfg.max_answer_length)
+    texts = generate_texts(model, tokenizer, features, budget, cfg.batch_size)
+    parsed = [parse_output(spec, t) for t in texts]
+    invalid = sum(not valid for _, valid in parsed)
+    if spec.kind == "span":
+        from tasks.downstream.metrics.squad import SquadMetric  # `evaluate`: see score_glue
+
+        predictions = [
+            {"id": e.id, "prediction_text": str(p)} for e, (p, _) in zip(examples, parsed, strict=True)
+        ]
+        references = [
+            {"id": e.id, "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}}
+            for e in examples
+        ]
+        scores = SquadMetric().compute(predictions=predictions, references=references)
+        rows = [
+            {"id": e.id, "prediction_text": t, "answers": list(e.answer_texts)}
+            for e, t in zip(examples, texts, strict=True)
+        ]
+    else:
+        preds = [scored_prediction(spec, p, ok, e.label) for (p, ok), e in zip(parsed, examples, strict=True)]
+        scores, rows = glue_scores(spec, split, examples, preds)
+        for row, text, (_, ok) in zip(rows, texts, parsed, strict=True):
+            row |= {"output": text, "valid": ok}
+    suffix = f"_{split.suffix}" if split.suffix else ""
+    return scores | {f"invalid_outputs{suffix}": float(invalid)}, rows
+
+
 def evaluate_one_task(
-    cfg: ScoringConfig, model: MultiTaskModel, tokenizer: Tokenizer, spec: TaskSpec
+    cfg: ScoringConfig, model: nn.Module, tokenizer: Tokenizer, spec: TaskSpec, closed_book: bool = False
 ) -> tuple[dict[str, float], list[dict], dict[str, int]]:
     """All dev files of one task: (metrics, prediction rows, examples scored per file)."""
     metrics: dict[str, float] = {}
     rows: list[dict] = []
     counts: dict[str, int] = {}
     for split, examples in scored_examples(cfg, spec):
+        counts[split.file] = len(examples)
+        if isinstance(model, T5ForConditionalGeneration):
+            scores, split_rows = score_text_to_text(cfg, model, tokenizer, spec, split, examples, closed_book)
+            metrics.update(scores)
+            rows.extend(split_rows)
+            continue
         features = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
         outputs = model_outputs(model, spec.name, features, cfg.batch_size)
         if spec.kind == "span":
@@ -270,12 +341,19 @@ def evaluate_one_task(
             scores, split_rows = score_glue(spec, split, examples, outputs)  # type: ignore[arg-type]
         metrics.update(scores)
         rows.extend(split_rows)
-        counts[split.file] = len(examples)
     return metrics, rows, counts
 
 
-def load_model(directory: Path, specs: Sequence[TaskSpec], max_seq_len: int) -> MultiTaskModel:
-    """The fine-tuned model in `directory`, checked to have a head of the right kind for every task."""
+def load_model(directory: Path, specs: Sequence[TaskSpec], max_seq_len: int) -> nn.Module:
+    """The fine-tuned model in `directory`, checked to serve every task: a head of the right kind
+    (BERT family), or a text format and text-to-text training (T5 family)."""
+    config = read_config(directory)
+    if config["model_type"] == "t5":
+        if "text_to_text" not in config:
+            raise MissingHeadError(f"{directory}: a T5 checkpoint that was never fine-tuned text-to-text")
+        for spec in specs:
+            text_format(spec)
+        return load_t5(directory).to(pick_device()).eval()
     model = load_multitask(directory)
     if max_seq_len > model.cfg.max_position:
         raise ValueError(
@@ -313,7 +391,8 @@ def evaluate_model_set(
                 member, [s for s in specs if member_dir(directory, s.name) == member], cfg.max_seq_len
             )
         tokenizer = Tokenizer.from_file(str(member / "tokenizer.json"))
-        metrics, rows, counts = evaluate_one_task(cfg, models[member], tokenizer, spec)
+        closed_book = read_config(member).get("text_to_text", {}).get("closed_book_qa", False)
+        metrics, rows, counts = evaluate_one_task(cfg, models[member], tokenizer, spec, closed_book)
         scores.per_task[spec.name], scores.rows[spec.name], scores.dev_examples[spec.name] = (
             metrics,
             rows,

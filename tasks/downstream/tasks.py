@@ -23,6 +23,20 @@ class DevSplit:
 
 
 @dataclass(frozen=True)
+class TextFormat:
+    """A task as T5 writes it (Raffel et al. 2020, appendix D): ``prefix field: text field: text``.
+
+    `fields` names each shown text field and its index in the example's texts, in the order the
+    paper writes them (MNLI puts the hypothesis first). `targets` are the words that stand for
+    the classes, in class-index order; a regression task writes its score, a span task its answer.
+    """
+
+    prefix: str
+    fields: tuple[tuple[str, int], ...]
+    targets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """How to read, model and score one downstream task.
 
@@ -36,6 +50,7 @@ class TaskSpec:
     A ``token`` task (NER) tags every word: `labels` is its IOB2 tag set in class-index
     order, its files are CoNLL-style (`tasks.downstream.conll`) under ``<data_dir>/<dir_name>/``,
     and `headerless_columns` + `label_field` name the tag column when it is not the last one.
+    `text` is the task's text-to-text format for T5 (None: the task has none, e.g. tagging).
     """
 
     name: str
@@ -52,6 +67,7 @@ class TaskSpec:
     dev_splits: tuple[DevSplit, ...] = (DevSplit("", "dev.tsv"),)
     is_glue: bool = True
     no_answer: bool = False
+    text: TextFormat | None = None
 
     @property
     def num_labels(self) -> int:
@@ -84,6 +100,7 @@ def iob2_tags(*types: str) -> tuple[str, ...]:
 
 
 _ENTAIL = ("entailment", "not_entailment")
+_PAIR = (("sentence1", 0), ("sentence2", 1))
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
@@ -97,6 +114,7 @@ TASKS: dict[str, TaskSpec] = {
             labels=_BINARY,
             metrics=("matthews_correlation",),
             headerless_columns=("source", "label", "original_label", "sentence"),
+            text=TextFormat("cola", (("sentence", 0),), ("unacceptable", "acceptable")),
         ),
         TaskSpec(
             name="SST-2",
@@ -106,6 +124,7 @@ TASKS: dict[str, TaskSpec] = {
             label_field="label",
             labels=_BINARY,
             metrics=("accuracy",),
+            text=TextFormat("sst2", (("sentence", 0),), ("negative", "positive")),
         ),
         TaskSpec(
             name="MRPC",
@@ -115,6 +134,7 @@ TASKS: dict[str, TaskSpec] = {
             label_field="Quality",
             labels=_BINARY,
             metrics=("accuracy", "f1"),
+            text=TextFormat("mrpc", _PAIR, ("not_equivalent", "equivalent")),
         ),
         TaskSpec(
             name="STS-B",
@@ -125,6 +145,7 @@ TASKS: dict[str, TaskSpec] = {
             value_range=(0.0, 5.0),
             metrics=("pearson", "spearmanr"),
             id_field="index",
+            text=TextFormat("stsb", _PAIR),
         ),
         TaskSpec(
             name="QQP",
@@ -135,6 +156,7 @@ TASKS: dict[str, TaskSpec] = {
             labels=_BINARY,
             metrics=("accuracy", "f1"),
             id_field="id",
+            text=TextFormat("qqp", (("question1", 0), ("question2", 1)), ("not_duplicate", "duplicate")),
         ),
         TaskSpec(
             name="MNLI",
@@ -146,6 +168,9 @@ TASKS: dict[str, TaskSpec] = {
             metrics=("accuracy",),
             id_field="index",
             dev_splits=(DevSplit("matched", "dev_matched.tsv"), DevSplit("mismatched", "dev_mismatched.tsv")),
+            text=TextFormat(
+                "mnli", (("hypothesis", 1), ("premise", 0)), ("entailment", "neutral", "contradiction")
+            ),
         ),
         TaskSpec(
             name="QNLI",
@@ -156,6 +181,7 @@ TASKS: dict[str, TaskSpec] = {
             labels=_ENTAIL,
             metrics=("accuracy",),
             id_field="index",
+            text=TextFormat("qnli", (("question", 0), ("sentence", 1)), _ENTAIL),
         ),
         TaskSpec(
             name="RTE",
@@ -166,6 +192,7 @@ TASKS: dict[str, TaskSpec] = {
             labels=_ENTAIL,
             metrics=("accuracy",),
             id_field="index",
+            text=TextFormat("rte", _PAIR, _ENTAIL),
         ),
         TaskSpec(
             name="WNLI",
@@ -176,6 +203,7 @@ TASKS: dict[str, TaskSpec] = {
             labels=_BINARY,
             metrics=("accuracy",),
             id_field="index",
+            text=TextFormat("wnli", _PAIR, ("not_entailment", "entailment")),
         ),
         TaskSpec(
             name="SQuAD",
@@ -187,6 +215,7 @@ TASKS: dict[str, TaskSpec] = {
             train_file="train.json",
             dev_splits=(DevSplit("", "dev.json"),),
             is_glue=False,
+            text=TextFormat("", (("question", 0), ("context", 1))),
         ),
         TaskSpec(
             name="SQuAD-v2",

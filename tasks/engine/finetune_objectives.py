@@ -10,7 +10,7 @@ the start and end cross-entropies for extractive spans, and per-word cross-entro
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,11 +84,14 @@ class MultiTaskObjective:
         task = batch["task"]
         if task not in self.kinds:
             raise KeyError(f"batch for task {task!r}, but the objective knows {sorted(self.kinds)}")
-        output = model(task, **{k: batch[k] for k in MODEL_INPUTS if k in batch})
-        loss = head_loss(self.kinds[task], output, batch)
+        loss = self.task_loss(model, task, batch)
         detached = loss.detach()
         self._recent[task].append(detached)
         return loss, {"loss": detached}
+
+    def task_loss(self, model: nn.Module, task: str, batch: Mapping[str, Tensor | str]) -> Tensor:
+        output = model(task, **{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        return head_loss(self.kinds[task], output, batch)  # type: ignore[arg-type]
 
     def recent_losses(self) -> dict[str, float]:
         """Mean of each task's last `window` training losses (tasks never seen are left out)."""
@@ -97,3 +100,15 @@ class MultiTaskObjective:
             for task, losses in self._recent.items()
             if losses
         }
+
+
+class TextToTextObjective(MultiTaskObjective):
+    """The same task routing and per-task losses for a T5 model: every task is the decoder's token
+    cross-entropy over its target text (classes, scores and answers alike)."""
+
+    def __init__(self, tasks: Sequence[str], window: int = 20) -> None:
+        super().__init__(dict.fromkeys(tasks, "text"), window)  # type: ignore[arg-type]
+
+    def task_loss(self, model: nn.Module, task: str, batch: Mapping[str, Tensor | str]) -> Tensor:
+        _, loss = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        return loss

@@ -1,6 +1,9 @@
-"""Fine-tune stage: one shared encoder + one head per task, trained on a T5-style task mixture.
+"""Fine-tune stage: one shared encoder + one head per task (BERT family), or one encoder-decoder
+trained text-to-text (T5 family), on a T5-style task mixture.
 
-The mixture and its deterministic batch schedule are ``tasks.train.mixing``.
+The mixture and its deterministic batch schedule are ``tasks.train.mixing``; what differs
+between the families (model, features, loss, transfer knobs) is ``tasks.train.families``,
+picked from the checkpoint.
 
 Modes (T5 §3.5): ``multitask`` trains one model on the mixture for `max_steps`, then
 optionally fine-tunes a copy per task for `then_single_steps` more steps on that task
@@ -32,71 +35,40 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
+from torch import nn
 
-from models.heads import HeadSpec, Pooling
-from models.io import load_multitask, read_encoder_config, save_checkpoint
-from models.multitask import MultiTaskModel
+from models.io import save_checkpoint
 from tasks.data.tokenizer import TOKENIZER_FILES
-from tasks.downstream.features import Features, encode_examples, read_examples, task_file
+from tasks.downstream.features import read_examples, task_file
 from tasks.downstream.modelset import FINETUNE_INFO, write_members
 from tasks.downstream.scoring import ScoringConfig, evaluate_model_set, selection_score
 from tasks.downstream.selection import split_examples
 from tasks.downstream.tasks import TaskSpec, get_task
 from tasks.engine.device import pick_device
-from tasks.engine.finetune_objectives import MultiTaskObjective
-from tasks.engine.loop import StepHook, fit
+from tasks.engine.loop import fit
 from tasks.engine.settings import TrainSettings
-from tasks.engine.transfer import FrozenEncoder, GradualUnfreezing, layerwise_param_groups
 from tasks.sink import MetricSink, PrefixedSink
 from tasks.store.artifact import Artifact
 from tasks.store.stage import Job, Stage
+from tasks.train.families import FinetuneFamily, family_of
 from tasks.train.finetune_config import FinetuneConfig
 from tasks.train.mixing import MultiTaskBatchSource, mixing_rates, padding_waste, single_task_steps
 
 log = logging.getLogger(__name__)
 
 
-def head_specs(specs: Sequence[TaskSpec], pooling: Pooling) -> dict[str, HeadSpec]:
-    """One head per task, sized by the task's label set; sentence-level heads pool as asked."""
-    return {s.name: HeadSpec(kind=s.kind, num_labels=s.num_labels, pooling=pooling) for s in specs}
-
-
-def build_model(
-    cfg: FinetuneConfig, checkpoint_dir: Path, specs: Sequence[TaskSpec], seed: int
-) -> MultiTaskModel:
-    """Pre-trained encoder + fresh heads, or (init="random") the same shape from scratch, seeded."""
-    encoder_cfg = read_encoder_config(checkpoint_dir)
-    if cfg.max_seq_len > encoder_cfg.max_position:
-        raise ValueError(
-            f"max_seq_len={cfg.max_seq_len} exceeds the encoder's max_position={encoder_cfg.max_position}"
-        )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if cfg.init == "random":
-            return MultiTaskModel(encoder_cfg, head_specs(specs, cfg.pooling))
-        return load_multitask(checkpoint_dir, heads=head_specs(specs, cfg.pooling))
-
-
-def single_head_copy(model: MultiTaskModel, name: str) -> MultiTaskModel:
-    """A model with `model`'s encoder and only task `name`'s head (for per-task fine-tuning)."""
-    copy = MultiTaskModel(model.cfg, {name: model.head_specs[name]})
-    keep = {k: v for k, v in model.state_dict().items() if k.startswith(("encoder.", f"heads.{name}."))}
-    copy.load_state_dict(keep, strict=True)
-    return copy.to(next(model.parameters()).device)
-
-
 def train_features(
-    cfg: FinetuneConfig, tokenizer: Tokenizer, specs: Sequence[TaskSpec]
-) -> dict[str, list[Features]]:
+    cfg: FinetuneConfig, family: FinetuneFamily, tokenizer: Tokenizer, specs: Sequence[TaskSpec]
+) -> dict[str, list]:
     """Tokenized training inputs per task (`training_examples`: the hold-out and the cap applied)."""
     out = {}
     for k, spec in enumerate(specs):
         examples = training_examples(cfg, spec, k)
-        out[spec.name] = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
+        out[spec.name] = family.encode(cfg, tokenizer, spec, examples)
         log.info("%s: %d train examples -> %d features", spec.name, len(examples), len(out[spec.name]))
     return out
 
@@ -124,20 +96,14 @@ def run_settings(cfg: FinetuneConfig, steps: int) -> TrainSettings:
     )
 
 
-def transfer_hook(cfg: FinetuneConfig) -> StepHook | None:
-    """The step hook that freezes / gradually unfreezes the encoder, if either is asked for."""
-    if cfg.freeze_encoder:
-        return FrozenEncoder()
-    return GradualUnfreezing(cfg.unfreeze_every) if cfg.unfreeze_every else None
-
-
 @dataclass(frozen=True)
 class TrainPlan:
     """What every training run of one stage shares: settings, data, mixture and where to resume."""
 
     cfg: FinetuneConfig
+    family: FinetuneFamily
     specs: tuple[TaskSpec, ...]
-    features: Mapping[str, Sequence[Features]]
+    features: Mapping[str, Sequence[Any]]
     rates: Mapping[str, float]
     checkpoint_dir: Path
     resume_root: Path
@@ -148,7 +114,7 @@ class TrainPlan:
 
 def train_run(
     plan: TrainPlan,
-    model: MultiTaskModel,
+    model: nn.Module,
     tasks: Sequence[str],
     steps: int,
     seed: int,
@@ -165,8 +131,9 @@ def train_run(
         steps,
         seed,
         plan.cfg.group_by_length,
+        plan.family.collate,
     )
-    objective = MultiTaskObjective({t: get_task(t).kind for t in tasks})
+    objective = plan.family.objective(tasks, {s.name: s for s in plan.specs})
     result = fit(
         model,
         objective,
@@ -176,8 +143,8 @@ def train_run(
         evaluate=lambda: {f"train_loss/{t}": v for t, v in objective.recent_losses().items()},
         checkpoint_dir=plan.resume_dir(seed, phase),
         seed=seed,
-        param_groups=layerwise_param_groups(model, plan.cfg.layer_lr_decay, plan.cfg.train.weight_decay),
-        step_hook=transfer_hook(plan.cfg),
+        param_groups=plan.family.param_groups(model, plan.cfg),
+        step_hook=plan.family.step_hook(plan.cfg),
     )
     losses = {f"train_loss/{t}": v for t, v in objective.recent_losses().items()}
     return {"steps": result.steps, "padding_waste": padding_waste(source), **losses}
@@ -185,25 +152,25 @@ def train_run(
 
 def train_model_set(plan: TrainPlan, seed: int, dest: Path, sink: MetricSink) -> dict[str, float]:
     """Train one seed's model(s) into `dest` following `plan.cfg.mode`; returns a flat summary."""
-    cfg, members, summary = plan.cfg, {}, {}
+    cfg, family, members, summary = plan.cfg, plan.family, {}, {}
     if cfg.mode == "multitask":
-        model = build_model(cfg, plan.checkpoint_dir, plan.specs, seed).to(pick_device())
+        model = family.build_model(cfg, plan.checkpoint_dir, plan.specs, seed).to(pick_device())
         summary = train_run(plan, model, cfg.tasks, cfg.train.max_steps, seed, sink, "multitask")
-        write_output(dest, model, plan.checkpoint_dir, plan.specs)
+        write_output(dest, model, plan, plan.specs)
     else:
         write_tokenizer_files(dest, plan.checkpoint_dir, plan.specs)  # no shared model at the top level
     for spec in plan.specs if (cfg.mode == "single" or cfg.then_single_steps) else ():
         if cfg.mode == "single":
-            tuned = build_model(cfg, plan.checkpoint_dir, [spec], seed).to(pick_device())
+            tuned = family.build_model(cfg, plan.checkpoint_dir, [spec], seed).to(pick_device())
             steps = single_task_steps(cfg.train.max_steps, plan.rates[spec.name])
         else:  # multi-task + fine-tuning: continue from the multi-task model on this task alone
-            tuned, steps = single_head_copy(model, spec.name), cfg.then_single_steps
+            tuned, steps = family.task_copy(model, spec.name), cfg.then_single_steps
         run = train_run(plan, tuned, [spec.name], steps, seed, PrefixedSink(sink, f"{spec.name}/"), spec.name)
         summary[f"single_steps/{spec.name}"] = run["steps"]
         summary[f"single_train_loss/{spec.name}"] = run[f"train_loss/{spec.name}"]
         summary[f"single_padding_waste/{spec.name}"] = run["padding_waste"]
         members[spec.name] = f"per_task/{spec.name}"
-        write_output(dest / members[spec.name], tuned, plan.checkpoint_dir, [spec])
+        write_output(dest / members[spec.name], tuned, plan, [spec])
     write_members(dest, members)
     return summary
 
@@ -217,11 +184,12 @@ def write_tokenizer_files(out: Path, checkpoint_dir: Path, specs: Sequence[TaskS
     (out / "tasks.json").write_text(json.dumps({s.name: asdict(s) for s in specs}, indent=2))
 
 
-def write_output(out: Path, model: MultiTaskModel, checkpoint_dir: Path, specs: Sequence[TaskSpec]) -> None:
+def write_output(out: Path, model: nn.Module, plan: TrainPlan, specs: Sequence[TaskSpec]) -> None:
     """A self-contained checkpoint: weights + config, tokenizer files and tasks.json."""
-    save_checkpoint(out, model.cpu(), extra_config={"tasks": [s.name for s in specs]})
+    extra = {"tasks": [s.name for s in specs], **plan.family.extra_config(plan.cfg)}
+    save_checkpoint(out, model.cpu(), extra_config=extra)
     model.to(pick_device())
-    write_tokenizer_files(out, checkpoint_dir, specs)
+    write_tokenizer_files(out, plan.checkpoint_dir, specs)
 
 
 def pick_median_seed(
@@ -278,11 +246,13 @@ def train_seeds(plan: TrainPlan, out: Path, sink: MetricSink) -> tuple[dict, dic
 def build_finetune(cfg: FinetuneConfig, checkpoint: Artifact, *, out: Path, job: Job) -> dict:
     """Fine-tune `checkpoint`'s encoder on `cfg.tasks` into `out` (killed runs resume from job.scratch)."""
     specs = tuple(get_task(name) for name in cfg.tasks)
+    family = family_of(checkpoint.dir)
+    family.check(cfg, specs)
     tokenizer = Tokenizer.from_file(str(checkpoint.file("tokenizer.json")))
-    features = train_features(cfg, tokenizer, specs)
+    features = train_features(cfg, family, tokenizer, specs)
     sizes = {t: len(f) for t, f in features.items()}
     rates = mixing_rates(sizes, cfg.mixing, cfg.mixing_cap_k, cfg.temperature)
-    plan = TrainPlan(cfg, specs, features, rates, checkpoint.dir, job.scratch)
+    plan = TrainPlan(cfg, family, specs, features, rates, checkpoint.dir, job.scratch)
     summary, info = train_seeds(plan, out, job.sink)
     (out / FINETUNE_INFO).write_text(json.dumps(info, indent=2))
     for name in features:

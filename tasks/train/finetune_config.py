@@ -80,6 +80,9 @@ class FinetuneConfig(BaseModel):
     )
     max_seq_len: int = Field(128, ge=8, le=4096, description="Token budget per input (pairs: longest-first).")
     doc_stride: int = Field(64, ge=1, le=4096, description="SQuAD: tokens between window starts.")
+    closed_book_qa: bool = Field(
+        False, description="T5 only: SQuAD inputs hold the question alone (closed-book QA), no context."
+    )
     hold_out: SelectionSplit | None = Field(
         None,
         description="Keep this seeded slice of each task's train set out of training (a sweep's selection).",

@@ -17,7 +17,7 @@ the task mixture are unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -57,8 +57,10 @@ class MultiTaskBatchSource:
         num_batches: int,
         seed: int,
         group_by_length: bool = False,
+        collate_fn: Callable[[Sequence], dict[str, Tensor]] = collate,
     ) -> None:
         self.features = {t: list(f) for t, f in features.items()}
+        self.collate = collate_fn  # the model family's batching (heads' features or text-to-text)
         self.tasks = list(self.features)
         empty = [t for t in self.tasks if not self.features[t]]
         if empty:
@@ -102,7 +104,7 @@ class MultiTaskBatchSource:
                 f"batch step {step} outside the precomputed schedule of {len(self.schedule)} batches"
             )
         name, indices = self.schedule[step]
-        batch: dict[str, Tensor | str] = dict(collate([self.features[name][i] for i in indices]))
+        batch: dict[str, Tensor | str] = dict(self.collate([self.features[name][i] for i in indices]))
         batch["task"] = name
         return batch
 
