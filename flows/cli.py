@@ -46,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_promote_parser(sub)
     add_export_parser(sub)
     add_evaluate_parser(sub)
+    add_status_parser(sub)
     return parser
+
+
+def add_status_parser(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="stages of the last run in a workdir, and the registered versions")
+    status.add_argument("--workdir", required=True, type=Path, help="the workdir of `bertflow run`")
 
 
 def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -131,12 +137,14 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
     from tasks.judge.register import closing_lines
+    from tasks.progress import logs_above_bars
     from tasks.run.config import load_config
     from tasks.run.pipeline_run import check_tracking, format_table
 
     config = load_config(args.preset, args.workdir, args.overrides)
     check_tracking(config, args.workdir)  # before Prefect starts: an unreachable server fails in seconds
-    result = pipeline(config=config, workdir=str(args.workdir.resolve()))
+    with logs_above_bars():
+        result = pipeline(config=config, workdir=str(args.workdir.resolve()))
     print("\nDev-set scores (0-100) after fine-tuning on the same budget:")
     print(format_table(result.scores))
     if result.registration:
@@ -149,14 +157,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from flows.sweep import sweep_with_runner
     from tasks.judge.register import closing_lines
+    from tasks.progress import logs_above_bars
     from tasks.run.pipeline_run import format_table
 
     if args.trials < 1 or args.parallel < 1:
         raise ValueError("--trials and --parallel must be at least 1")
-    result = sweep_with_runner(args.parallel)(
-        preset=args.preset, space_file=args.space, trials=args.trials, workdir=str(args.workdir.resolve()),
-        parallel=args.parallel, storage=args.storage, overrides=args.overrides,
-    )  # fmt: skip
+    with logs_above_bars():
+        result = sweep_with_runner(args.parallel)(
+            preset=args.preset, space_file=args.space, trials=args.trials,
+            workdir=str(args.workdir.resolve()), parallel=args.parallel, storage=args.storage,
+            overrides=args.overrides,
+        )  # fmt: skip
     print(f"\nSweep {result.study_name}: {result.trials} trials, ranked on selection {result.metric}")
     print(result.table_markdown)
     print(f"\nBest trial {result.best_trial}: {result.best_params} (selection {result.metric} "
@@ -249,6 +260,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from tasks.commands.status import status_lines, workdir_status
+
+    print("\n".join(status_lines(workdir_status(args.workdir))))
+    return 0
+
+
 COMMANDS = {
     "evaluate": cmd_evaluate,
     "run": cmd_run,
@@ -258,12 +276,14 @@ COMMANDS = {
     "compare": cmd_compare,
     "promote": cmd_promote,
     "export": cmd_export,
+    "status": cmd_status,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    set_default_env(getattr(args, "workdir", None))
+    reads_only = args.command == "status"  # must not create a Prefect home in a workdir it only reads
+    set_default_env(None if reads_only else getattr(args, "workdir", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     try:

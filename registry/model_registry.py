@@ -102,6 +102,36 @@ def alias_version(tracker: Tracker, name: str, alias: str) -> str | None:
     return str(version) if version is not None else None
 
 
+@dataclass(frozen=True)
+class VersionInfo:
+    """One registered version as ``bertflow status`` lists it."""
+
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    created_ms: int
+
+
+def model_versions(tracker: Tracker, name: str) -> list[VersionInfo]:
+    """Every version of ``name``, oldest first, with its aliases ([] when the model does not exist)."""
+    try:
+        model = tracker.client.get_registered_model(name)
+    except MlflowException as err:
+        if is_not_found(err):
+            return []
+        raise
+    held: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        held.setdefault(str(version), []).append(alias)
+    found = tracker.client.search_model_versions(f"name = '{name}'")  # results carry no aliases
+    versions = []
+    for mv in sorted(found, key=lambda mv: int(mv.version)):
+        number = str(mv.version)
+        aliases = tuple(sorted(held.get(number, ())))
+        versions.append(VersionInfo(number, aliases, mv.run_id, mv.creation_timestamp))
+    return versions
+
+
 def version_tags(tracker: Tracker, name: str, version: str) -> dict[str, str]:
     return dict(tracker.client.get_model_version(name, version).tags)
 

@@ -3,7 +3,8 @@
 One module-scoped run is shared by the checks: the MLflow record (parent + a child per
 stage, FINISHED, lineage tags), the registry (version with an alias), a re-run that
 recomputes nothing, a fine-tuning-only change that recomputes only fine-tuning onward,
-and bad input that fails the run and registers nothing.
+and bad input that fails the run and registers nothing; ``bertflow status`` after each of
+the first run (all ran), the identical re-run (all reused) and the bad input (failed).
 
 The shared run has no random-init baseline: 20 pre-training steps teach nothing, so whether
 the pre-trained model beats random init is a coin flip, and the gate (rightly) refuses to
@@ -20,8 +21,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from flows.cli import main
 from flows.pipeline import PipelineResult, pipeline
 from registry.model_registry import CHALLENGER, CHAMPION
+from tasks.commands.status import workdir_status
 from tasks.judge.register import closing_lines
 from tasks.run.config import PipelineConfig, load_config
 
@@ -82,6 +85,32 @@ def test_mlflow_record(first: tuple[Path, PipelineResult]) -> None:
     assert (workdir / "mlflow.db").is_file() and (workdir / "mlartifacts").is_dir()
 
 
+def outcomes(workdir: Path) -> dict[str, str]:
+    """Stage run name -> outcome, as ``bertflow status`` reads them for the last run."""
+    return {s["name"]: s["outcome"] for s in workdir_status(workdir).record["stages"]}
+
+
+def test_status_after_the_first_run(
+    first: tuple[Path, PipelineResult], capsys: pytest.CaptureFixture
+) -> None:
+    workdir, result = first
+    status = workdir_status(workdir)
+    assert status.record["run_id"] == result.parent_run_id and status.record["outcome"] == "finished"
+    assert outcomes(workdir) == dict.fromkeys(STAGES | TUNE_STAGES, "ran")
+    children = child_runs(MlflowClient(result.tracking_uri), result)
+    for stage in status.record["stages"]:
+        run = children[stage["name"]]
+        assert stage["mlflow_run_id"] == run.info.run_id
+        assert stage["fingerprint"] == run.data.tags["bertflow.fingerprint"]
+        assert Path(stage["artifact_path"], "manifest.json").is_file() and stage["seconds"] > 0
+    assert [(v.version, v.aliases) for v in status.versions] == [("1", (CHALLENGER, CHAMPION))]
+    assert main(["status", "--workdir", str(workdir)]) == 0
+    out = capsys.readouterr().out
+    assert f"parent run {result.parent_run_id}" in out and "v1  @challenger @champion" in out
+    pretrain = next(line for line in out.splitlines() if line.startswith("pretrain "))
+    assert pretrain.split()[1] == "ran" and children["pretrain"].info.run_id in pretrain
+
+
 def test_registered_with_alias(first: tuple[Path, PipelineResult]) -> None:
     _, result = first
     client = MlflowClient(result.tracking_uri)
@@ -100,6 +129,7 @@ def test_rerun_recomputes_nothing(first: tuple[Path, PipelineResult]) -> None:
     children = child_runs(MlflowClient(again.tracking_uri), again)
     cached = {name: r.data.tags["bertflow.cached"] for name, r in children.items()}
     assert cached == dict.fromkeys(STAGES | TUNE_STAGES, "True")
+    assert outcomes(workdir) == dict.fromkeys(STAGES | TUNE_STAGES, "reused")
     assert again.registration is not None and again.registration.summary["version"] == "1"
     lines = closing_lines(again.registration, again.tracking_uri)
     assert lines[0].startswith("Reused pipeline-test v1, registered on sqlite:///")
@@ -185,6 +215,14 @@ def test_bad_glue_file_fails_and_registers_nothing(
         filter_string="attributes.status = 'FAILED'",
     )
     assert {r.info.run_name for r in failed} >= {"pipeline-tiny", "finetune-pretrained"}
+    status = workdir_status(workdir)
+    assert status.record["outcome"] == "failed"
+    assert outcomes(workdir) == {
+        **dict.fromkeys(STAGES - {"register"}, "reused"),
+        "finetune-pretrained": "failed",
+    }
+    failed_stage = next(s for s in status.record["stages"] if s["outcome"] == "failed")
+    assert "line 4" in failed_stage["error"] and failed_stage["fingerprint"]
 
 
 def test_random_init_baseline_gates_promotion(first: tuple[Path, PipelineResult]) -> None:

@@ -1,14 +1,16 @@
 """A killed or mis-configured ``bertflow run`` never leaves MLflow runs RUNNING nor starts work.
 
 Real subprocesses of the CLI: one is SIGTERMed in the middle of pre-training (its
-parent and pretrain runs must end KILLED, the finished stages FINISHED); one points at a
-tracking server that is not there and must fail in seconds, before any stage runs. Prefect
-must show the killed run Crashed / Failed too (read from the run's own Prefect database).
+parent and pretrain runs must end KILLED, the finished stages FINISHED; its piped output has
+plain progress lines and no bar); one points at a tracking server that is not there and must
+fail in seconds, before any stage runs. Prefect must show the killed run Crashed / Failed too
+(read from the run's own Prefect database).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -69,6 +71,9 @@ def test_sigterm_mid_pretraining_marks_runs_killed(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0, output
+    # piped, not a terminal: plain progress lines, no bar, no carriage return
+    assert re.search(r"^pretrain step \d+/\d+ loss \d+\.\d{4} tokens/s \d+", output, re.M), output[-3000:]
+    assert re.search(r"^ingest 1/1 in \d+s$", output, re.M) and "\r" not in output
     experiment = client.get_experiment_by_name("bertflow")
     status = {r.info.run_name: r.info.status for r in client.search_runs([experiment.experiment_id])}
     assert status["pipeline-tiny"] == "KILLED" and status["pretrain"] == "KILLED", status

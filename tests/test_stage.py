@@ -1,7 +1,9 @@
-"""run_stage: a stage's MLflow child run ends FINISHED, FAILED or KILLED as the stage does."""
+"""run_stage: a stage's MLflow child run ends FINISHED, FAILED or KILLED as the stage does; the run
+record says ran / reused / failed / killed; the stage's numbers reach MLflow and the terminal alike."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,19 @@ def terminate(cfg: Cfg, *, out: Path, job: Job) -> dict:
     raise TrainingInterrupted(step=3)
 
 
+def train_like(cfg: Cfg, *, out: Path, job: Job) -> dict:
+    """What fit() sends at a logging point."""
+    job.sink.log_metrics({"loss": 2.5, "tokens_per_s": 100.0}, step=1)
+    job.sink.progress(1, 1)
+    return {}
+
+
+def recorded(ctx: StageContext, name: str) -> dict:
+    """The run record's entry of stage run ``name``."""
+    record = json.loads((Path(ctx.workdir) / "runs" / f"{ctx.parent_run_id}.json").read_text())
+    return next(s for s in record["stages"] if s["name"] == name)
+
+
 def test_finished_run_has_params_metrics_lineage_and_files(ctx: StageContext) -> None:
     upstream = Artifact(stage="pack", fingerprint="f" * 16, path="/x", producer_run_id="r0")
     stage = Stage("ok", build_report, log_files=("report.json",))
@@ -78,12 +93,37 @@ def test_non_finite_loss_marks_failed(ctx: StageContext) -> None:
     with pytest.raises(NonFiniteLossError, match="step 7"):
         run_stage(Stage("diverged", diverge), Cfg(), [], ctx)
     assert child(ctx, "diverged").info.status == "FAILED"
+    entry = recorded(ctx, "diverged")
+    assert entry["outcome"] == "failed" and entry["error"].startswith("NonFiniteLossError: ")
+    assert entry["mlflow_run_id"] == child(ctx, "diverged").info.run_id
+    assert entry["artifact_path"] == str(Path(ctx.workdir).resolve() / "diverged" / entry["fingerprint"])
 
 
 def test_sigterm_interrupt_marks_killed(ctx: StageContext) -> None:
     with pytest.raises(TrainingInterrupted, match=r"at step 3"):
         run_stage(Stage("terminated", terminate), Cfg(), [], ctx)
     assert child(ctx, "terminated").info.status == "KILLED"
+    assert recorded(ctx, "terminated")["outcome"] == "killed"
+
+
+def test_record_says_ran_then_reused(ctx: StageContext) -> None:
+    stage = Stage("twice", build_report)
+    built = run_stage(stage, Cfg(lr=0.2), [], ctx)
+    first = recorded(ctx, "twice")
+    assert first["outcome"] == "ran" and first["seconds"] >= 0 and first["error"] is None
+    assert (first["fingerprint"], first["artifact_path"]) == (built.fingerprint, built.path)
+    assert first["mlflow_run_id"] == child(ctx, "twice").info.run_id
+    run_stage(stage, Cfg(lr=0.2), [], ctx)
+    again = recorded(ctx, "twice")
+    assert again["outcome"] == "reused" and again["fingerprint"] == built.fingerprint
+    assert again["mlflow_run_id"] != first["mlflow_run_id"]
+
+
+def test_numbers_reach_mlflow_and_the_terminal(ctx: StageContext, capsys: pytest.CaptureFixture) -> None:
+    run_stage(Stage("shown", train_like), Cfg(), [], ctx)
+    assert child(ctx, "shown").data.metrics == {"loss": 2.5, "tokens_per_s": 100.0}
+    err = capsys.readouterr().err  # not a terminal here: a plain line
+    assert "shown step 1/1 loss 2.5000 tokens/s 100 in 0s\n" in err and "\r" not in err
 
 
 def test_orphaned_runs_of_dead_processes_are_closed(ctx: StageContext) -> None:

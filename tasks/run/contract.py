@@ -6,6 +6,10 @@ run under the pipeline run (``registry.lifecycle.tracked_run``), logs the config
 params and lineage tags (upstream fingerprints and the runs that produced them), runs the
 stage (which fingerprints, verifies or builds its artifact), logs the artifact's files
 and summary and publishes a Prefect summary. No stage writes this wrapper itself.
+
+Its metrics and progress go to MLflow, Prefect and the terminal alike (``StageSink``), and
+its outcome (ran / reused / failed, fingerprint, wall time) to the pipeline run's record in
+the workdir (``tasks.run.run_record``), which ``bertflow status`` reads.
 """
 
 from __future__ import annotations
@@ -19,24 +23,30 @@ from pydantic import BaseModel
 from registry.lifecycle import OWNER_TAG, WORKDIR_TAG, tracked_run
 from registry.tracking import MlflowSink, Tracker
 from tasks.procs import identity
+from tasks.progress import TerminalSink
 from tasks.run.context import StageContext
 from tasks.run.prefect_io import PrefectProgress, publish_stage_summary, retry_on_io
+from tasks.run.run_record import FAILED, KILLED, RAN, REUSED, StageEntry, record_stage
 from tasks.store.artifact import Artifact
+from tasks.store.digest import json_digest
 from tasks.store.stage import Stage
 
 
 class StageSink:
-    """Metric sink for a stage: metrics to its MLflow run, progress to Prefect."""
+    """A stage's sink: metrics to its MLflow run and the terminal, progress to Prefect and the terminal."""
 
-    def __init__(self, mlflow: MlflowSink, progress: PrefectProgress) -> None:
+    def __init__(self, mlflow: MlflowSink, progress: PrefectProgress, terminal: TerminalSink) -> None:
         self.mlflow = mlflow
         self.prefect = progress
+        self.terminal = terminal
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         self.mlflow.log_metrics(metrics, step)
+        self.terminal.log_metrics(metrics, step)
 
     def progress(self, done: int, total: int) -> None:
         self.prefect.update(done, total)
+        self.terminal.progress(done, total)
 
 
 def lineage_tags(inputs: Sequence[Artifact]) -> dict[str, str]:
@@ -61,13 +71,55 @@ def numeric_summary(summary: Mapping[str, object]) -> dict[str, float]:
 def run_stage(
     stage: Stage, cfg: BaseModel, inputs: Sequence[Artifact], ctx: StageContext, run_name: str | None = None
 ) -> Artifact:
-    """Run ``stage`` inside a child MLflow run of the pipeline run; returns its artifact."""
-    name = run_name or stage.name
+    """Run ``stage`` inside a child MLflow run of the pipeline run; returns its artifact.
+
+    The stage's outcome goes to the run record as it starts and ends (with the fingerprint
+    it was building when it failed, so ``bertflow status`` can name its scratch state).
+    """
+    entry = StageEntry(name=run_name or stage.name, stage=stage.name)
+    note(ctx, entry)
+    try:
+        artifact = tracked_stage(stage, cfg, inputs, ctx, entry)
+    except BaseException as exc:
+        outcome = FAILED if isinstance(exc, Exception) else KILLED  # interrupts are not Exceptions
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        note(ctx, entry.end(outcome, error=error, **planned(stage, cfg, inputs, ctx)))
+        raise
+    outcome = REUSED if artifact.cached else RAN
+    note(ctx, entry.end(outcome, fingerprint=artifact.fingerprint, artifact_path=artifact.path))
+    return artifact
+
+
+def note(ctx: StageContext, entry: StageEntry) -> None:
+    """Write ``entry`` to the pipeline run's record (a stage run outside a pipeline run has none)."""
+    if ctx.parent_run_id:
+        record_stage(ctx.path, ctx.parent_run_id, entry)
+
+
+def planned(stage: Stage, cfg: BaseModel, inputs: Sequence[Artifact], ctx: StageContext) -> dict[str, str]:
+    """The fingerprint and directory a failed stage was building (empty if even that fails)."""
+    destination = ctx.tracking_uri if stage.needs_destination else None
+    try:
+        fp = json_digest(stage.key(cfg, inputs, ctx.path.resolve(), destination))
+    except Exception:  # e.g. the input file it failed on cannot be hashed either
+        return {}
+    return {"fingerprint": fp, "artifact_path": str(stage.directory(cfg, ctx.path.resolve(), fp))}
+
+
+def tracked_stage(
+    stage: Stage, cfg: BaseModel, inputs: Sequence[Artifact], ctx: StageContext, entry: StageEntry
+) -> Artifact:
+    """The stage call inside its MLflow child run, with its params, tags, metrics and files."""
+    name = entry.name
     tracker = Tracker(ctx.tracking_uri)
     tags = {"bertflow.stage": stage.name, **run_tags(ctx), **lineage_tags(inputs)}
-    with tracked_run(tracker, ctx.experiment_id, name, parent_run_id=ctx.parent_run_id, tags=tags) as run_id:
+    with (
+        tracked_run(tracker, ctx.experiment_id, name, parent_run_id=ctx.parent_run_id, tags=tags) as run_id,
+        TerminalSink(name) as terminal,
+    ):
+        entry.mlflow_run_id = run_id
         tracker.log_params(run_id, cfg.model_dump(mode="json"))
-        sink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(name))
+        sink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(name), terminal)
         destination = ctx.tracking_uri if stage.needs_destination else None
         artifact = stage(cfg, *inputs, workdir=ctx.path, sink=sink, run_id=run_id, destination=destination)
         tracker.set_tags(

@@ -2,7 +2,8 @@
 
 Every stage's child run hangs under it; it is tagged with the Prefect flow-run id so a
 run can be followed from Prefect to MLflow and back. Before it opens, runs of the same
-workdir that a killed process left RUNNING are closed as KILLED.
+workdir that a killed process left RUNNING are closed as KILLED. The run's record in the
+workdir (``tasks.run.run_record``, read by ``bertflow status``) opens and closes with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tasks.run.config import PipelineConfig
 from tasks.run.context import RunLink, StageContext
 from tasks.run.contract import run_tags
 from tasks.run.prefect_io import in_prefect_run
+from tasks.run.run_record import RunHeader, recorded_run
 from tasks.store.artifact import Artifact
 from tasks.store.locks import workdir_lock
 
@@ -67,9 +69,12 @@ def pipeline_session(
     tags = {"bertflow.preset": config.preset, "prefect.flow_run_id": flow_run_id or "none", **run_tags(ctx)}
     name, parent = (link.name, link.parent_run_id) if link else (f"pipeline-{config.preset}", None)
     tags |= link.tags if link else {}
+    model_name = config.registry.model_name if config.registry.enabled else None
     with tracked_run(tracker, experiment_id, name, parent_run_id=parent, tags=tags) as run_id:
-        tracker.log_params(run_id, config.model_dump(mode="json"))
-        yield ctx.model_copy(update={"parent_run_id": run_id})
+        header = RunHeader(run_id, config.preset, uri, experiment_id, model_name)
+        with recorded_run(workdir, header):
+            tracker.log_params(run_id, config.model_dump(mode="json"))
+            yield ctx.model_copy(update={"parent_run_id": run_id})
 
 
 def score_table(reports: Mapping[str, Artifact]) -> list[dict[str, object]]:

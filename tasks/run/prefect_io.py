@@ -81,11 +81,11 @@ def summary_markdown(stage: str, artifact: Artifact, run_id: str) -> str:
     )
 
 
-def mlflow_run_url(ctx: StageContext, run_id: str) -> str | None:
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The run's page in the MLflow UI when tracking goes to a server (None for a local store)."""
-    if not ctx.tracking_uri.startswith(("http://", "https://")):
+    if not tracking_uri.startswith(("http://", "https://")):
         return None
-    return f"{ctx.tracking_uri.rstrip('/')}/#/experiments/{ctx.experiment_id}/runs/{run_id}"
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def publish_stage_summary(ctx: StageContext, name: str, artifact: Artifact, run_id: str) -> None:
@@ -97,6 +97,6 @@ def publish_stage_summary(ctx: StageContext, name: str, artifact: Artifact, run_
         key=artifact_key(f"{name}-summary"),
         description=f"{name} stage summary",
     )
-    url = mlflow_run_url(ctx, run_id)
+    url = mlflow_run_url(ctx.tracking_uri, ctx.experiment_id, run_id)
     if url:
         create_link_artifact(url, link_text=f"MLflow run of {name}", key=artifact_key(f"{name}-mlflow"))
