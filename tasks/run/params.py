@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.run.config import PipelineConfig, load_config, preset_names
 
-PresetName = Literal["tiny", "small", "base"]
+PresetName = Literal["tiny", "t5-tiny", "small", "base"]
 assert set(get_args(PresetName)) == set(preset_names()), "PresetName must list deployments/presets/*.toml"
 
 # flat field -> the preset's section.field it overrides (None = keep the preset's value)
@@ -46,7 +46,9 @@ class PipelineParameters(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    preset: PresetName = Field("tiny", description="Preset in deployments/presets: tiny (demo), small, base.")
+    preset: PresetName = Field(
+        "tiny", description="Preset in deployments/presets: tiny (demo), t5-tiny (T5 demo), small, base."
+    )
     workdir: str = Field(
         min_length=1, description="Working directory: stage outputs are reused from here across runs."
     )
