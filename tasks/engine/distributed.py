@@ -3,8 +3,9 @@
 Launch is ``torchrun`` (see tasks/train/pretrain.py); inside fit() a run with an initialised
 process group trains a DistributedDataParallel copy per rank, each rank reading its own
 micro-batches (index ``i * world + rank`` of the deterministic source), and only rank 0
-logs and checkpoints. With no process group everything degrades to world 1, rank 0: the
-single-device run is the same code path.
+logs, evaluates and checkpoints. The backend is NCCL on GPUs and gloo on CPU processes. With
+no process group everything degrades to world 1, rank 0: the single-device run is the same
+code path.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -56,6 +57,30 @@ def init_from_env(device_type: str) -> torch.device:
     if not dist.is_initialized():
         dist.init_process_group(backend)
     return torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
+
+
+def sum_over_ranks(values: Tensor) -> Tensor:
+    """Element-wise sum of ``values`` over all ranks (``values`` itself without a process group).
+
+    Every rank must pass the same length, in the same order: fit() passes its objective's metric
+    means, and pre-training objectives report the same names on every micro-batch.
+    """
+    if is_distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def first_given(value: object | None) -> object:
+    """The first non-None ``value`` over the ranks, on every rank (a launch spec only some ranks read)."""
+    if not is_distributed():
+        assert value is not None
+        return value
+    gathered: list[object | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    found = [v for v in gathered if v is not None]
+    if not found:
+        raise RuntimeError("no rank of the process group was given a launch spec")
+    return found[0]
 
 
 def barrier() -> None:

@@ -91,7 +91,7 @@ class FitResult:
     steps: int  # optimizer steps completed (including those before a resume)
     metrics: dict[str, float]  # last logged training window (empty if no step ran in this call)
     eval: dict[str, float]  # last evaluate() result (empty without evaluate)
-    tokens: int  # real (non-pad) tokens trained on, over all runs (this rank's)
+    tokens: int  # real (non-pad) tokens trained on, over all runs and all ranks
     seconds: float  # training wall-clock time, over all runs
     stopped_early: bool = False  # a tokens / minutes budget or the timeout ended it before max_steps
     resumed_from: int | None = None  # step of the checkpoint this call started from
@@ -152,7 +152,7 @@ def fit(
             source=source,
             cfg=cfg,
             sink=sink if rank == 0 else NullSink(),
-            evaluate=evaluate,
+            evaluate=evaluate if rank == 0 else None,  # no collectives inside: the others wait
             ckpt=ckpt if rank == 0 else None,
             optimizer=optimizer,
             scheduler=scheduler,
@@ -260,7 +260,7 @@ class TrainLoop:
         if progress.step >= self.total_steps:
             fitted = schedule_plan(self.scheduler).fitted and self.total_steps < cfg.max_steps
             return "tokens" if fitted else "steps"
-        if cfg.max_tokens is not None and progress.tokens * self.world_size >= cfg.max_tokens:
+        if cfg.max_tokens is not None and progress.tokens >= cfg.max_tokens:  # all ranks' tokens: agreed
             return "tokens"
         late = cfg.max_minutes is not None and progress.seconds >= cfg.max_minutes * 60
         if distributed.any_rank(late, self.device):
@@ -296,7 +296,7 @@ class TrainLoop:
         cfg, step, total = self.cfg, progress.step, self.total_steps
         logged = step % cfg.log_every == 0 or step >= total
         if logged:
-            self.metrics = self.window.summary(lr, self.world_size, self.peak_flops)
+            self.metrics = self.window.summary(lr, self.peak_flops)
             self.sink.log_metrics(self.metrics, step)
             self.sink.progress(step, self.expected_steps(progress))
         if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
@@ -308,7 +308,10 @@ class TrainLoop:
             self.window = Window()
 
     def train_step(self, step: int) -> tuple[dict[str, float], int, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns (mean metrics, tokens, FLOPs)."""
+        """One optimizer step over ``grad_accum`` micro-batches per rank.
+
+        Returns (metrics: means over every rank's micro-batches, tokens: all ranks', FLOPs: this rank's).
+        """
         cfg = self.cfg
         if self.step_hook is not None:
             self.step_hook(step, self.model)
@@ -329,26 +332,33 @@ class TrainLoop:
                 reported.setdefault(name, []).append(torch.as_tensor(metric).detach().float().to(loss.device))
         max_norm = cfg.clip_norm if cfg.clip_norm > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        means = self.read_metrics(reported, grad_norm, step)  # the one host sync of the step
+        means, tokens = self.read_metrics(reported, grad_norm, tokens, step)  # the one host sync of the step
         self.optimizer.step()
         if self.cfg.max_minutes is None:  # a minutes budget sets the LR from the clock instead
             self.scheduler.step()
         return means, tokens, flops
 
     def read_metrics(
-        self, reported: dict[str, list[Tensor]], grad_norm: Tensor, step: int
-    ) -> dict[str, float]:
-        """Means of the reported metrics + grad norm as floats; refuses non-finite loss / norm."""
+        self, reported: dict[str, list[Tensor]], grad_norm: Tensor, tokens: int, step: int
+    ) -> tuple[dict[str, float], int]:
+        """(Metric means over all ranks + grad norm, all ranks' tokens); refuses non-finite loss / norm.
+
+        One all-reduce sums [this rank's means..., tokens] over the ranks; every rank ran
+        ``grad_accum`` micro-batches, so sum / world is the mean over the global batch, as world 1
+        computes it. grad_norm is already global (DDP averaged the gradients).
+        """
         names = list(reported)
-        values = torch.stack(
-            [torch.stack(v).mean() for v in reported.values()] + [grad_norm.float()]
-        ).tolist()
-        means = dict(zip([*names, "grad_norm"], values, strict=True))
+        local = [torch.stack(v).mean().double() for v in reported.values()]
+        count = torch.tensor(float(tokens), dtype=torch.float64, device=grad_norm.device)
+        summed = distributed.sum_over_ranks(torch.stack([*local, count]))
+        norm = grad_norm.double().reshape(1)
+        values = torch.cat([summed[:-1] / self.world_size, norm, summed[-1:]]).tolist()
+        means = dict(zip([*names, "grad_norm"], values[:-1], strict=True))
         if not math.isfinite(means["loss"]):
             raise NonFiniteLossError(step + 1, means["loss"])
         if not math.isfinite(means["grad_norm"]):
             raise NonFiniteLossError(step + 1, means["grad_norm"], what="gradient norm")
-        return means
+        return means, round(values[-1])
 
     def run_evaluate(self, step: int) -> dict[str, float]:
         """evaluate() in eval mode, without grad, on a forked RNG so training's random stream is unchanged."""

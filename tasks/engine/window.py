@@ -33,13 +33,15 @@ class Window:
         self.tokens += tokens
         self.flops += flops
 
-    def summary(self, lr: float, world_size: int = 1, peak_flops: float | None = None) -> dict[str, float]:
-        """Means, lr, tokens/s over all ranks and MFU (this rank's FLOP/s over one device's peak)."""
+    def summary(self, lr: float, peak_flops: float | None = None) -> dict[str, float]:
+        """Means, lr, tokens/s and MFU (this rank's FLOP/s over one device's peak).
+
+        tokens/s is all ranks': fit() passes ``add`` the tokens of every rank."""
         out = {name: total / self.counts[name] for name, total in self.sums.items()}
         out["lr"] = lr
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         if self.tokens:
-            out["tokens_per_s"] = self.tokens * world_size / elapsed
+            out["tokens_per_s"] = self.tokens / elapsed
         if self.flops and peak_flops:
             out["mfu"] = self.flops / elapsed / peak_flops
         return out

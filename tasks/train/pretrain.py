@@ -11,8 +11,11 @@ outside the atomic temp dir) so a killed run resumes where it stopped; it is del
 stage has finished.
 
 With ``devices > 1`` the stage relaunches this module under ``torchrun`` (one process per GPU,
-DDP inside fit(), rank 0 writing metrics and checkpoints); one device runs in-process through
-the same train_and_save().
+or with ``device = "cpu"`` that many gloo processes; DDP inside fit(), rank 0 writing metrics
+and checkpoints); one device runs in-process through the same train_and_save(). On more than
+one node the stage's torchrun joins the rendezvous torchrun's ``PET_*`` variables name, and
+the other nodes run ``python -m torch.distributed.run ... -m tasks.train.pretrain --join``
+(README, "Multi-process and multi-node pre-training").
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +35,7 @@ from tasks.data.tokenizer import TOKENIZER_FILES
 from tasks.engine import distributed
 from tasks.engine.data import PackedSequences
 from tasks.engine.device import pick_device
-from tasks.engine.launch import JsonlSink, run_torchrun, torchrun_command
+from tasks.engine.launch import RENDEZVOUS_ENV, JsonlSink, exit_when_orphaned, run_torchrun, torchrun_command
 from tasks.engine.loop import FitResult, fit
 from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
@@ -53,7 +57,7 @@ def build_pretrain(
 ) -> dict:
     """Pre-train an encoder on ``packed`` into ``out``; a killed run resumes from ``job.scratch``."""
     check_devices(cfg)
-    if cfg.devices > 1:
+    if cfg.devices > 1 or os.environ.get(RENDEZVOUS_ENV):  # several processes here, or one node of several
         return train_with_torchrun(cfg, packed, tokenizer, out=out, resume_dir=job.scratch, sink=job.sink)
     return train_and_save(cfg, packed, tokenizer, out=out, resume_dir=job.scratch, sink=job.sink)
 
@@ -87,10 +91,12 @@ def train_and_save(
 
 
 def check_devices(cfg: PretrainConfig) -> None:
+    """devices > 1 means GPUs unless device is 'cpu' (CPU processes); 'auto' never falls back to CPU."""
     available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if cfg.devices > 1 and available < cfg.devices:
+    if cfg.devices > 1 and cfg.device != "cpu" and available < cfg.devices:
         raise RuntimeError(
-            f"PretrainConfig.devices={cfg.devices} but only {available} CUDA GPU(s) are visible"
+            f"PretrainConfig.devices={cfg.devices} but only {available} CUDA GPU(s) are visible "
+            f"(device='cpu' runs {cfg.devices} CPU processes instead)"
         )
 
 
@@ -103,7 +109,7 @@ def train_with_torchrun(
     resume_dir: Path,
     sink: MetricSink,
 ) -> dict:
-    """Relaunch this module under torchrun (one rank per GPU); relay rank 0's metrics into ``sink``."""
+    """Relaunch this module under torchrun (``devices`` ranks); relay rank 0's metrics into ``sink``."""
     resume_dir.mkdir(parents=True, exist_ok=True)
     spec = resume_dir / "launch.json"
     metrics = resume_dir / "metrics.jsonl"
@@ -111,18 +117,27 @@ def train_with_torchrun(
     spec.write_text(json.dumps({
         "config": cfg.model_dump(mode="json"), "packed": packed.model_dump(mode="json"),
         "tokenizer": tokenizer.model_dump(mode="json"), "out": str(out), "resume_dir": str(resume_dir),
-        "metrics": str(metrics),
+        "metrics": str(metrics), "launcher_pid": os.getpid(),
     }))  # fmt: skip
-    command = torchrun_command("tasks.train.pretrain", ["--launch-spec", str(spec)], cfg.devices)
+    command = torchrun_command("tasks.train.pretrain", ["--launch-spec", str(spec)], cfg.devices, os.environ)
     run_torchrun(command, metrics, sink)
     return json.loads((out / "metrics.json").read_text())
 
 
-def worker_main(spec_path: Path) -> None:
-    """One torchrun rank: join the group, train (DDP inside fit), rank 0 writes the checkpoint."""
-    spec = json.loads(spec_path.read_text())
+def worker_main(spec_path: Path | None, device_type: str | None = None) -> None:
+    """One torchrun rank: join the group, train (DDP inside fit), rank 0 writes the checkpoint.
+
+    The ranks the stage launched read ``spec_path``; a rank of another node (``spec_path`` None,
+    ``--join``) gets the spec from them once the group is up. ``device_type``: the joining rank's.
+    """
+    local = json.loads(spec_path.read_text()) if spec_path is not None else None
+    exit_when_orphaned(local["launcher_pid"] if local is not None else None)
+    if local is not None:
+        device_type = pick_device(local["config"]["device"]).type
+    assert device_type is not None, "a joining rank needs its device type"
+    device = distributed.init_from_env(device_type)
+    spec: dict = distributed.first_given(local)  # type: ignore[assignment]
     cfg = PretrainConfig.model_validate(spec["config"])
-    device = distributed.init_from_env("cuda" if pick_device(cfg.device).type == "cuda" else "cpu")
     rank = distributed.world()[0]
     sink: MetricSink = JsonlSink(Path(spec["metrics"])) if rank == 0 else NullSink()
     try:
@@ -186,11 +201,15 @@ pretrain = Stage(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the torchrun workers (``python -m tasks.train.pretrain --launch-spec FILE``)."""
+    """Entry point of the torchrun ranks (``python -m tasks.train.pretrain --launch-spec FILE | --join``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--launch-spec", type=Path, required=True, help="launch.json written by the stage")
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--launch-spec", type=Path, help="launch.json written by the stage (its own node)")
+    role.add_argument("--join", action="store_true", help="a rank of another node: spec from the group")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="with --join: this node's")
     logging.basicConfig(level=logging.INFO)
-    worker_main(parser.parse_args(argv).launch_spec)
+    args = parser.parse_args(argv)
+    worker_main(args.launch_spec, None if args.launch_spec else args.device)
 
 
 if __name__ == "__main__":

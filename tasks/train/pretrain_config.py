@@ -58,7 +58,13 @@ class PretrainConfig(BaseModel):
     )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seeds init, data order, masks and dropout.")
     device: DeviceChoice = Field("auto", description="auto: CUDA when available, else CPU.")
-    devices: int = Field(1, ge=1, le=64, description="GPUs; > 1 relaunches under torchrun with DDP.")
+    devices: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes on this node; > 1 relaunches under torchrun with DDP: one per GPU (device "
+        "auto/cuda, NCCL), or with device='cpu' that many CPU processes (gloo).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +86,4 @@ class PretrainConfig(BaseModel):
                 "PretrainConfig: doc_attention cuts attention at every [SEP], but sentence-pair objectives "
                 f"({self.objective}) need A and B to see each other; turn one of them off"
             )
-        if self.devices > 1 and self.device == "cpu":
-            raise ValueError("PretrainConfig: devices > 1 needs CUDA GPUs (device='auto' or 'cuda')")
         return self
