@@ -455,3 +455,35 @@ def test_torch_compile_trains_on_cpu() -> None:
         compiled,
     )
     assert compiled.series("loss")[0][1] == pytest.approx(eager.series("loss")[0][1], rel=1e-4)
+
+
+def test_rms_lr_scaling_gives_each_parameter_a_step_relative_to_its_scale() -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.mlm_head.bias.zero_()  # RMS 0: the floor keeps it trainable
+    optimizer = build_optimizer(model, lr=1e-2, weight_decay=0.01, scale_by_rms=True)
+    params = dict(model.named_parameters())
+    assert len(optimizer.param_groups) == len(params)
+    for group in optimizer.param_groups:
+        (param,) = group["params"]
+        rms = max(float(param.detach().pow(2).mean().sqrt()), 1e-3)
+        assert group["lr"] == pytest.approx(1e-2 * rms)
+        assert group["weight_decay"] == (0.01 if param.ndim >= 2 else 0.0)  # BERT's split is kept
+    by_param = {id(g["params"][0]): g["lr"] for g in optimizer.param_groups}
+    assert by_param[id(model.mlm_head.bias)] == pytest.approx(1e-5)
+    word_embedding = next(p for n, p in params.items() if "word" in n and p.ndim == 2)
+    assert by_param[id(word_embedding)] != pytest.approx(1e-2)  # scaled, not the plain lr
+
+
+def test_rms_scaled_runs_resume_on_the_uninterrupted_trajectory(tmp_path: Path) -> None:
+    cfg = TrainSettings(max_steps=6, lr=1e-2, lr_scaling="rms", checkpoint_every=3, log_every=1)
+    straight = tiny_model()
+    fit(straight, MLMObjective(), ToySource(), cfg, NullSink(), seed=1, checkpoint_dir=tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt, match="simulated kill"):
+        fit(tiny_model(), MLMObjective(), ToySource(stop_at=4), cfg, NullSink(), seed=1,
+            checkpoint_dir=tmp_path / "b")  # fmt: skip
+    resumed = tiny_model()
+    result = fit(resumed, MLMObjective(), ToySource(), cfg, NullSink(), seed=1, checkpoint_dir=tmp_path / "b")
+    assert result.resumed_from == 3
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

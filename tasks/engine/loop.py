@@ -127,7 +127,10 @@ def fit(
     for MFU (default: flops.flops_estimator(model)).
     """
     device = next(model.parameters()).device
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, groups=param_groups, name=cfg.optimizer)
+    optimizer = build_optimizer(
+        model, cfg.lr, cfg.weight_decay, groups=param_groups, name=cfg.optimizer,
+        scale_by_rms=cfg.lr_scaling == "rms",
+    )  # fmt: skip
     scheduler = build_scheduler(
         optimizer, max_steps=cfg.max_steps, warmup_ratio=cfg.warmup_ratio, schedule=cfg.schedule
     )

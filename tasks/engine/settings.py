@@ -34,6 +34,11 @@ class TrainSettings(BaseModel):
 
     optimizer: Literal["adamw", "lamb"] = Field("adamw", description="AdamW, or LAMB for huge batches.")
     lr: float = Field(1e-4, gt=0.0, le=1.0, description="Peak learning rate.")
+    lr_scaling: Literal["none", "rms"] = Field(
+        "none",
+        description="rms: each parameter's lr times its RMS at the start (at least 1e-3), Adafactor's "
+        "relative steps; T5 needs it with AdamW (its embeddings start at std 1).",
+    )
     weight_decay: float = Field(0.01, ge=0.0, le=1.0, description="Weight decay (not on biases/LayerNorm).")
     warmup_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share of the budget spent warming up.")
     schedule: Literal["linear", "cosine"] = Field("linear", description="Decay to zero after warmup.")
