@@ -1,9 +1,10 @@
-"""Demo transfer benchmark: does the tiny preset's pre-training beat random init, seed after seed?
+"""Demo transfer benchmark: does a demo preset's pre-training beat random init, seed after seed?
 
     python benchmarks/demo_transfer.py --out benchmarks/results/demo_transfer.json \
-        [--seeds 0 1 2 3 4] [--set section.field=value ...] [--threads N] [--quick]
+        [--preset tiny|t5-tiny] [--seeds 0 1 2 3 4] [--set section.field=value ...] [--threads N] [--quick]
 
-For every seed s the ``tiny`` preset (plus the ``--set`` overrides) is run with
+For every seed s the preset (``tiny`` by default; ``t5-tiny`` for the T5 family), plus the
+``--set`` overrides, is run with
 ``demo.seed = pretrain.seed = s`` and ``finetune.seeds = [s]``, through the project's own
 stage callables (no Prefect, no MLflow): synthetic demo data -> ingest -> dedup -> tokenizer
 -> pack -> pretrain, then fine-tune + evaluate twice on the same budget, from the
@@ -93,14 +94,15 @@ def scores(summary: dict[str, Any]) -> dict[str, float | None]:
     for task, metric in SCORES:
         value = summary.get(f"{task}/{metric}")
         out[f"{task}/{metric}"] = None if value is None else round(float(value), 2)
-    return out
+    invalid = {k: v for k, v in summary.items() if k.endswith("/invalid_outputs")}  # T5: no valid label
+    return out | invalid
 
 
-def run_seed(seed: int, overrides: list[str], workdir: Path) -> dict[str, Any]:
+def run_seed(seed: int, overrides: list[str], workdir: Path, preset: str = "tiny") -> dict[str, Any]:
     """One seed end to end; returns its record."""
     workdir.mkdir(parents=True, exist_ok=True)
     seed_overrides = [f"demo.seed={seed}", f"pretrain.seed={seed}", f"finetune.seeds=[{seed}]"]
-    cfg = load_config("tiny", workdir, [*overrides, *seed_overrides])
+    cfg = load_config(preset, workdir, [*overrides, *seed_overrides])
     record: dict[str, Any] = {"seed": seed}
     t0 = time.perf_counter()
     demo = make_demo_data(cfg.demo, workdir=workdir)
@@ -118,6 +120,7 @@ def run_seed(seed: int, overrides: list[str], workdir: Path) -> dict[str, Any]:
         "final_loss": s.get("final_loss"),
         "val_loss": s.get("val_loss"),
         "val_mlm_accuracy": s.get("val_mlm_accuracy"),
+        "val_token_accuracy": s.get("val_token_accuracy"),  # T5 span corruption
         "train_seconds": s.get("seconds"),
         "seconds_per_step": round(s["seconds"] / s["steps"], 4)
         if s.get("seconds") and s.get("steps")
@@ -170,7 +173,7 @@ def table(records: list[dict[str, Any]]) -> str:
     lines = [head]
     for r in records:
         p, q = r["pretrained"], r["random_init"]
-        acc = r["pretrain"]["val_mlm_accuracy"]
+        acc = r["pretrain"]["val_mlm_accuracy"] or r["pretrain"]["val_token_accuracy"]
         lines.append(
             f"{r['seed']:>4} {r['pretrain']['steps']:>8} {acc if acc is None else round(acc, 3):>7} | "
             f"{p['SST-2/accuracy']:>9} {q['SST-2/accuracy']:>6} {r['sst2_gap']:>6} | "
@@ -184,6 +187,7 @@ def table(records: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="result JSON (rewritten after every seed)")
+    parser.add_argument("--preset", default="tiny", help="demo preset: tiny (BERT) or t5-tiny")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for seed in args.seeds:
             log.info("seed %d: %s", seed, " ".join(overrides) or "(preset as is)")
-            records.append(run_seed(seed, overrides, workdir / f"seed{seed}"))
+            records.append(run_seed(seed, overrides, workdir / f"seed{seed}", args.preset))
             r = records[-1]
             log.info(
                 "seed %d: SST-2 %.1f pretrained vs %.1f random init (gap %.1f), %s pre-training steps",
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             payload = {
                 "benchmark": "demo_transfer",
-                "preset": "tiny",
+                "preset": args.preset,
                 "overrides": overrides,
                 "quick": args.quick,
                 "torch": {"version": torch.__version__, "num_threads": torch.get_num_threads()},

@@ -1,4 +1,4 @@
-"""Pre-training step throughput: our BertForMaskedLM vs Hugging Face transformers' BertForMaskedLM.
+"""Pre-training step throughput: our BertForMaskedLM (or T5) vs Hugging Face transformers' model.
 
 Both models get the same shape, vocabulary, batch, sequence length, precision, masked
 batches (15% dynamic masking, 80/10/10) and the same AdamW (our build_optimizer: BERT's
@@ -20,11 +20,20 @@ forward as the check that they really ran at the same precision. The JSON also k
 block's tokens/s, so each median and ratio can be recomputed, plus the command line, dates,
 machine and library versions.
 
+``--family t5`` compares our T5ForConditionalGeneration with transformers' at the same T5 v1.1
+shape (``--shape`` from models.t5_config.T5_SIZES), on span-corrupted batches: rows of the raw
+length whose corruption fills ``--seq-len`` encoder positions (T5's 15% noise, mean span 3),
+targets padded with -100. Both compute the decoder's logits at every target position (the loss
+needs them all); tokens/s counts encoder input tokens. HF runs with ``use_cache=False`` (no
+key/value cache in training) and its SDPA attention.
+
 MFU = our achieved model FLOP/s / peak (see tasks/engine/flops.py for the FLOP count and the
 CPU peak estimate; pass --peak-tflops for a figure you trust).
 
     python benchmarks/pretrain_bench.py --shape mini --device cpu --vocab 8192 30522 \
         --precision fp32 bf16 --out benchmarks/results/pretrain_bench.json   # --quick: a smoke run
+    python benchmarks/pretrain_bench.py --family t5 --shape tiny --vocab 8192 --precision fp32 bf16 \
+        --out benchmarks/results/pretrain_bench_t5.json
 """
 
 from __future__ import annotations
@@ -47,17 +56,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.provenance import now, provenance
 from models.config import SIZES, EncoderConfig
 from models.pretraining import BertForMaskedLM
+from models.t5 import T5ForConditionalGeneration
+from models.t5_config import T5_SIZES, T5Config
+from tasks.commands.export_t5 import hf_t5_config
 from tasks.engine.flops import default_peak_flops, flops_estimator
 from tasks.engine.masking import mask_tokens
-from tasks.engine.objectives import MLMObjective
+from tasks.engine.objectives import MLMObjective, SpanCorruptionObjective
 from tasks.engine.optim import build_optimizer
+from tasks.engine.span_corruption import SpanCorruption
 
 SPECIALS = range(5)  # [PAD] [UNK] [CLS] [SEP] [MASK]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SIZES), default="mini")
+    parser.add_argument(
+        "--family", choices=["bert", "t5"], default="bert", help="BERT MLM or T5 span corruption"
+    )
+    parser.add_argument("--shape", choices=sorted(set(SIZES) | set(T5_SIZES)), default="mini")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="few short blocks: a smoke run, not a figure")
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
@@ -84,7 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_models(args: argparse.Namespace, vocab: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Our model and HF's, same shape, vocabulary and dropout, BERT init."""
+    """Our model and HF's, same shape, vocabulary and dropout, BERT (or T5) init."""
+    if args.family == "t5":
+        return make_t5_models(args, vocab, device)
     from transformers import BertConfig
     from transformers import BertForMaskedLM as HFBertForMaskedLM
 
@@ -106,10 +124,26 @@ def make_models(args: argparse.Namespace, vocab: int, device: torch.device) -> t
     return ours.to(device).train(), hf.to(device).train()
 
 
+def make_t5_models(args: argparse.Namespace, vocab: int, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    from transformers import T5Config as HFT5Config
+    from transformers import T5ForConditionalGeneration as HFT5
+
+    torch.manual_seed(0)
+    cfg = T5Config.from_size(args.shape, vocab_size=vocab, dropout=args.dropout)
+    ours = T5ForConditionalGeneration(cfg)
+    hf_config = HFT5Config(
+        **{k: v for k, v in hf_t5_config(cfg).items() if k != "architectures"}, use_cache=False
+    )
+    hf = HFT5._from_config(hf_config, attn_implementation="sdpa")
+    return ours.to(device).train(), hf.to(device).train()
+
+
 def make_batches(
     args: argparse.Namespace, vocab: int, n: int, device: torch.device
 ) -> list[dict[str, torch.Tensor]]:
     """Full rows ([CLS] tokens ... [SEP], no padding, like packed data) with fresh 15% masks each."""
+    if args.family == "t5":
+        return make_span_batches(args, vocab, n, device)
     gen = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(n):
@@ -119,6 +153,20 @@ def make_batches(
         batch = {"input_ids": masked, "attention_mask": torch.ones_like(ids), "labels": labels}
         batch["token_type_ids"] = torch.zeros_like(ids)
         batches.append({k: v.to(device) for k, v in batch.items()})
+    return batches
+
+
+def make_span_batches(
+    args: argparse.Namespace, vocab: int, n: int, device: torch.device
+) -> list[dict[str, torch.Tensor]]:
+    """Raw rows sized so their corruption fills ``seq_len`` encoder positions, corrupted afresh."""
+    corruption = SpanCorruption(tuple(range(3, 103)), eos_id=1, pad_id=0)
+    raw, _ = corruption.raw_length(args.seq_len)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(n):
+        rows = torch.randint(103, vocab, (args.batch, raw), generator=gen)
+        batches.append({k: v.to(device) for k, v in corruption.batch(list(rows), gen).items()})
     return batches
 
 
@@ -137,6 +185,8 @@ def step_fn(model: nn.Module, loss_of: Callable, precision: str, device: torch.d
 
 
 def ours_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    if isinstance(model, T5ForConditionalGeneration):
+        return SpanCorruptionObjective()(model, batch)[0]
     return MLMObjective()(model, batch)[0]
 
 
@@ -263,8 +313,9 @@ def run(args: argparse.Namespace) -> dict:
             for name in models:
                 rates[s.name][name].append(tokens / timed_block(s.steps[name], s.batches, args.steps, device))
     return {
+        "family": args.family,
         "shape": args.shape,
-        "shape_config": SIZES[args.shape],
+        "shape_config": (T5_SIZES if args.family == "t5" else SIZES)[args.shape],
         "batch": args.batch,
         "seq_len": args.seq_len,
         "dropout": args.dropout,
@@ -287,6 +338,8 @@ PACKAGES = ("torch", "transformers", "numpy")
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.shape not in (T5_SIZES if args.family == "t5" else SIZES):
+        raise SystemExit(f"pretrain_bench: --shape {args.shape} is not a {args.family} size")
     args.batch = args.batch or (128 if args.device == "cuda" else 32) // (4 if args.quick else 1)
     args.precision = args.precision or ["bf16" if args.device == "cuda" else "fp32"]
     args.repeats = args.repeats or (2 if args.quick else 15)
