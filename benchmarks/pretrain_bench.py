@@ -135,6 +135,10 @@ def make_t5_models(args: argparse.Namespace, vocab: int, device: torch.device) -
         **{k: v for k, v in hf_t5_config(cfg).items() if k != "architectures"}, use_cache=False
     )
     hf = HFT5._from_config(hf_config, attn_implementation="sdpa")
+    if hf.lm_head.weight is hf.shared.weight:  # transformers 5 ties them whatever the config says
+        hf.lm_head.weight = nn.Parameter(hf.shared.weight.detach().clone())  # v1.1: its own output layer
+    if sum(p.numel() for p in hf.parameters()) != sum(p.numel() for p in ours.parameters()):
+        raise SystemExit("pretrain_bench: the two T5 models differ in parameter count")
     return ours.to(device).train(), hf.to(device).train()
 
 
