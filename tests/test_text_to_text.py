@@ -12,7 +12,7 @@ import torch
 from configs import finetune_cfg
 from test_finetune import write_synthetic_tasks
 
-from models.io import read_config, save_checkpoint
+from models.io import load_t5, read_config, save_checkpoint
 from models.t5 import T5ForConditionalGeneration
 from models.t5_config import T5Config
 from tasks.data.ingest import IngestConfig, ingest
@@ -24,6 +24,7 @@ from tasks.downstream.text_to_text import (
     INVALID_CLASS,
     INVALID_SCORE,
     NoTextFormatError,
+    collate_text,
     encode_text_examples,
     input_text,
     parse_output,
@@ -157,3 +158,32 @@ def test_closed_book_inputs_hold_no_context(t5_checkpoint) -> None:
     (open_book,), (closed,) = (encode_text_examples(tokenizer, spec, [SQUAD], 64, c) for c in (False, True))
     assert len(closed.input_ids) < len(open_book.input_ids) and closed.labels == open_book.labels
     assert tokenizer.decode(list(closed.input_ids[:-1])) == "question: what color ?"
+
+
+def test_a_fine_tuned_t5_exports_and_transformers_writes_the_same_answers(t5_checkpoint, tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from tasks.commands.export import export_checkpoint
+
+    checkpoint, data = t5_checkpoint
+    cfg = finetune_cfg(
+        data_dir=str(data), tasks=("SST-2",), batch_size=16, max_seq_len=64, lr=1e-3, max_steps=40
+    )
+    tuned = finetune(cfg, checkpoint, workdir=tmp_path, sink=MemorySink())
+    (hf_dir,) = export_checkpoint(tuned.dir, tmp_path / "hf")
+    theirs = transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).eval()
+    ours = load_t5(tuned.dir).eval()
+    tokenizer = load_tokenizer(tuned.dir)
+    examples = [
+        GlueExample(str(i), text, None, i % 2) for i, text in enumerate(("good film .", "bad plot dull ."))
+    ]
+    features = encode_text_examples(tokenizer, get_task("SST-2"), examples, 64)
+    batch = collate_text(features)
+    with torch.no_grad():
+        logits, _ = ours(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        out = theirs(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )
+        hf_ids = theirs.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 max_new_tokens=6, do_sample=False, num_beams=1, use_cache=False)  # fmt: skip
+    assert (logits - out.logits).abs().max() <= 1e-4
+    assert ours.generate(batch["input_ids"], batch["attention_mask"], 6).tolist() == hf_ids[:, 1:].tolist()
