@@ -250,7 +250,7 @@ def _max_context_owner(n_tokens: int, starts: Sequence[int], window: int) -> lis
     return owner
 
 
-def _padded(rows: Sequence[Sequence[int]], pad: int) -> Tensor:
+def padded(rows: Sequence[Sequence[int]], pad: int) -> Tensor:
     """(B, T) long tensor padded to the longest row in this batch (dynamic padding)."""
     width = max(len(r) for r in rows)
     return torch.tensor([[*r, *([pad] * (width - len(r)))] for r in rows], dtype=torch.long)
@@ -265,12 +265,12 @@ def collate(features: Sequence[Features]) -> dict[str, Tensor]:
     if not features:
         raise ValueError("collate: empty batch")
     batch = {
-        "input_ids": _padded([f.input_ids for f in features], PAD_ID),  # (B, T)
-        "token_type_ids": _padded([f.token_type_ids for f in features], 0),  # (B, T)
-        "attention_mask": _padded([[1] * len(f.input_ids) for f in features], 0),  # (B, T)
+        "input_ids": padded([f.input_ids for f in features], PAD_ID),  # (B, T)
+        "token_type_ids": padded([f.token_type_ids for f in features], 0),  # (B, T)
+        "attention_mask": padded([[1] * len(f.input_ids) for f in features], 0),  # (B, T)
     }
     if isinstance(features[0], TokenFeatures):
-        batch["labels"] = _padded([f.labels for f in features], IGNORE)  # (B, T)
+        batch["labels"] = padded([f.labels for f in features], IGNORE)  # (B, T)
     elif isinstance(features[0], SpanFeatures):
         batch["start_positions"] = torch.tensor([f.start_position for f in features], dtype=torch.long)
         batch["end_positions"] = torch.tensor([f.end_position for f in features], dtype=torch.long)

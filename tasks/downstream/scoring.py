@@ -296,14 +296,10 @@ def score_text_to_text(
     if spec.kind == "span":
         from tasks.downstream.metrics.squad import SquadMetric  # `evaluate`: see score_glue
 
-        predictions = [
+        answers = [
             {"id": e.id, "prediction_text": str(p)} for e, (p, _) in zip(examples, parsed, strict=True)
         ]
-        references = [
-            {"id": e.id, "answers": {"text": list(e.answer_texts), "answer_start": [s for _, s in e.answers]}}
-            for e in examples
-        ]
-        scores = SquadMetric().compute(predictions=predictions, references=references)
+        scores = SquadMetric().compute(predictions=answers, references=squad_references(examples))
         rows = [
             {"id": e.id, "prediction_text": t, "answers": list(e.answer_texts)}
             for e, t in zip(examples, texts, strict=True)
@@ -317,6 +313,20 @@ def score_text_to_text(
     return scores | {f"invalid_outputs{suffix}": float(invalid)}, rows
 
 
+def score_with_heads(
+    cfg: ScoringConfig, model: MultiTaskModel, tokenizer: Tokenizer, spec: TaskSpec, split: DevSplit,
+    examples: Sequence[Any],
+) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+    """A BERT-family model's head outputs on one dev file, decoded and scored by the task's kind."""
+    features = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
+    outputs = model_outputs(model, spec.name, features, cfg.batch_size)
+    if spec.kind == "span":
+        return score_squad(cfg, spec, examples, features, outputs)  # type: ignore[arg-type]
+    if spec.kind == "token":
+        return score_tagging(spec, examples, features, outputs)  # type: ignore[arg-type]
+    return score_glue(spec, split, examples, outputs)
+
+
 def evaluate_one_task(
     cfg: ScoringConfig, model: nn.Module, tokenizer: Tokenizer, spec: TaskSpec, closed_book: bool = False
 ) -> tuple[dict[str, float], list[dict], dict[str, int]]:
@@ -325,22 +335,13 @@ def evaluate_one_task(
     rows: list[dict] = []
     counts: dict[str, int] = {}
     for split, examples in scored_examples(cfg, spec):
-        counts[split.file] = len(examples)
         if isinstance(model, T5ForConditionalGeneration):
             scores, split_rows = score_text_to_text(cfg, model, tokenizer, spec, split, examples, closed_book)
-            metrics.update(scores)
-            rows.extend(split_rows)
-            continue
-        features = encode_examples(tokenizer, spec, examples, cfg.max_seq_len, cfg.doc_stride)
-        outputs = model_outputs(model, spec.name, features, cfg.batch_size)
-        if spec.kind == "span":
-            scores, split_rows = score_squad(cfg, spec, examples, features, outputs)  # type: ignore[arg-type]
-        elif spec.kind == "token":
-            scores, split_rows = score_tagging(spec, examples, features, outputs)  # type: ignore[arg-type]
         else:
-            scores, split_rows = score_glue(spec, split, examples, outputs)  # type: ignore[arg-type]
+            scores, split_rows = score_with_heads(cfg, model, tokenizer, spec, split, examples)  # type: ignore[arg-type]
         metrics.update(scores)
         rows.extend(split_rows)
+        counts[split.file] = len(examples)
     return metrics, rows, counts
 
 
@@ -383,16 +384,16 @@ def evaluate_model_set(
     cfg: ScoringConfig, directory: Path, specs: Sequence[TaskSpec], sink: MetricSink | None = None
 ) -> SetScores:
     """Score every task with the checkpoint that serves it (see tasks.downstream.modelset)."""
-    scores, models = SetScores(), {}
+    scores, models, closed_book = SetScores(), {}, {}
     for done, spec in enumerate(specs):
         member = member_dir(directory, spec.name)
         if member not in models:  # a multi-task model serving many tasks is loaded once
             models[member] = load_model(
                 member, [s for s in specs if member_dir(directory, s.name) == member], cfg.max_seq_len
-            )
+            )  # T5: SQuAD inputs as the model was fine-tuned on them
+            closed_book[member] = read_config(member).get("text_to_text", {}).get("closed_book_qa", False)
         tokenizer = Tokenizer.from_file(str(member / "tokenizer.json"))
-        closed_book = read_config(member).get("text_to_text", {}).get("closed_book_qa", False)
-        metrics, rows, counts = evaluate_one_task(cfg, models[member], tokenizer, spec, closed_book)
+        metrics, rows, counts = evaluate_one_task(cfg, models[member], tokenizer, spec, closed_book[member])
         scores.per_task[spec.name], scores.rows[spec.name], scores.dev_examples[spec.name] = (
             metrics,
             rows,

@@ -21,16 +21,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
 from models.t5 import T5ForConditionalGeneration
+from tasks.data.specials import T5
+from tasks.downstream.features import padded
 from tasks.downstream.glue import GlueExample
 from tasks.downstream.squad import SquadExample
 from tasks.downstream.tasks import TaskSpec, TextFormat
 
-PAD_ID, EOS_ID = 0, 1  # T5-family tokenizers (tasks.data.specials)
+PAD_ID, EOS_ID = T5.ids["pad_id"], T5.ids["eos_id"]
 IGNORE = -100
 INVALID_CLASS, INVALID_SCORE = -1, -1.0
 STSB_STEP = 0.2
@@ -133,19 +134,12 @@ def collate_text(features: Sequence[TextFeatures]) -> dict[str, Tensor]:
     """input_ids / attention_mask (B, S) padded with <pad>, labels (B, T) padded with -100."""
     if not features:
         raise ValueError("collate_text: empty batch")
-    inputs = _padded([f.input_ids for f in features], PAD_ID)
+    inputs = padded([f.input_ids for f in features], PAD_ID)
     return {
         "input_ids": inputs,
         "attention_mask": (inputs != PAD_ID).long(),
-        "labels": _padded([f.labels for f in features], IGNORE),
+        "labels": padded([f.labels for f in features], IGNORE),
     }
-
-
-def _padded(rows: Sequence[Sequence[int]], value: int) -> Tensor:
-    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out
 
 
 def generate_texts(
@@ -157,7 +151,7 @@ def generate_texts(
 ) -> list[str]:
     """Greedy outputs of every feature, decoded to text (up to </s>), in input order; batches are
     formed in length order so little of each is padding."""
-    device = next(model.parameters()).device
+    device, eos, pad = next(model.parameters()).device, model.cfg.eos_id, model.cfg.pad_id
     order = sorted(range(len(features)), key=lambda i: len(features[i].input_ids))
     texts: list[str] = [""] * len(features)
     for lo in range(0, len(order), batch_size):
@@ -167,6 +161,6 @@ def generate_texts(
             batch["input_ids"].to(device), batch["attention_mask"].to(device), max_new_tokens
         )
         for row, i in zip(out.tolist(), chunk, strict=True):
-            ids = row[: row.index(EOS_ID)] if EOS_ID in row else row
-            texts[i] = tokenizer.decode([t for t in ids if t != PAD_ID])
+            ids = row[: row.index(eos)] if eos in row else row
+            texts[i] = tokenizer.decode([t for t in ids if t != pad])
     return texts

@@ -137,6 +137,13 @@ class RowStream:
         if len(self.packed) == 0:
             raise PackedDataError(f"{self.packed.dir}: split {self.packed.split!r} has no rows")
 
+    def require_family(self, family: str, needs: str, fix: str) -> None:
+        """Refuse a split packed for the other model family, naming what is missing and the fix."""
+        if self.packed.family != family:
+            raise PackedDataError(
+                f"{self.packed.dir}: {needs}, but pack.json's family is {self.packed.family!r} ({fix})"
+            )
+
     @property
     def pad_id(self) -> int:
         return self.packed.special_ids["pad_id"]
@@ -186,11 +193,10 @@ class MLMBatchSource(RowStream):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.packed.family != "bert":
-            raise PackedDataError(
-                f"{self.packed.dir}: masked-LM batches need BERT's special tokens, but pack.json's family "
-                f"is {self.packed.family!r} (pre-train it with pretrain.family = {self.packed.family!r})"
-            )
+        self.require_family(
+            "bert", "masked-LM batches need BERT's special tokens",
+            f"pre-train it with pretrain.family = {self.packed.family!r}",
+        )  # fmt: skip
         if self.strategy in ("word", "span") and self.is_continuation is None:
             raise ValueError(f"{self.strategy} masking needs the tokenizer's is_continuation lookup")
 

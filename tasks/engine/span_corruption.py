@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tasks.engine.data import PackedDataError, RowStream, seeded_generator
+from tasks.engine.data import RowStream, seeded_generator
 from tasks.engine.masking import IGNORE_INDEX
 
 _CORRUPTION_STREAM = 3  # beside data.py's permutation / mask / pair streams
@@ -178,11 +178,9 @@ class SpanBatchSource(RowStream):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.packed.family != "t5":
-            raise PackedDataError(
-                f"{self.packed.dir}: span corruption needs T5's sentinels, but pack.json's family is "
-                f"{self.packed.family!r} (train the tokenizer with tokenizer.family = 't5')"
-            )
+        self.require_family(
+            "t5", "span corruption needs T5's sentinels", "train the tokenizer with tokenizer.family = 't5'"
+        )
         special = self.packed.special_ids
         self.corruption = SpanCorruption(
             self.packed.sentinel_ids, special["eos_id"], special["pad_id"], self.noise_density,

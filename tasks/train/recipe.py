@@ -33,25 +33,25 @@ BatchSource = MLMBatchSource | SpanBatchSource
 
 def build_model(cfg: PretrainConfig, train: PackedSequences) -> PretrainingModel:
     """The objective's model, seeded on a forked RNG (the caller's global RNG is left alone)."""
-    if cfg.family == "t5":
-        special = train.special_ids
-        t5 = cfg.t5.t5_config(vocab_size=train.vocab_size, pad_id=special["pad_id"], eos_id=special["eos_id"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            return T5ForConditionalGeneration(t5)
-    encoder = cfg.shape.encoder_config(
-        vocab_size=train.vocab_size,
-        seq_len=train.seq_len,
-        pad_id=train.special_ids["pad_id"],
-        sep_id=train.special_ids["sep_id"],
-    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        if cfg.objective == "electra":
-            return ElectraForPreTraining(encoder, generator_config(encoder, cfg.generator_ratio))
-        if cfg.objective in ("mlm+sop", "mlm+nsp"):
-            return BertForPreTraining(encoder)
-        return BertForMaskedLM(encoder)
+        return new_model(cfg, train)
+
+
+def new_model(cfg: PretrainConfig, train: PackedSequences) -> PretrainingModel:
+    """The family's and objective's model on the packed data's vocabulary and special ids."""
+    special = train.special_ids
+    if cfg.family == "t5":
+        t5 = cfg.t5.t5_config(vocab_size=train.vocab_size, pad_id=special["pad_id"], eos_id=special["eos_id"])
+        return T5ForConditionalGeneration(t5)
+    encoder = cfg.shape.encoder_config(
+        vocab_size=train.vocab_size, seq_len=train.seq_len, pad_id=special["pad_id"], sep_id=special["sep_id"]
+    )
+    if cfg.objective == "electra":
+        return ElectraForPreTraining(encoder, generator_config(encoder, cfg.generator_ratio))
+    if cfg.objective in ("mlm+sop", "mlm+nsp"):
+        return BertForPreTraining(encoder)
+    return BertForMaskedLM(encoder)
 
 
 def build_objective(cfg: PretrainConfig) -> Objective:
