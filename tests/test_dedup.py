@@ -170,18 +170,6 @@ def test_shingle_batch_matches_per_text_shingles() -> None:
     assert (sig[0] == 0xFFFFFFFF).all() and not (sig[1] == 0xFFFFFFFF).all()
 
 
-def test_worker_processes_give_the_same_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tasks.data.dedup.POOL_MIN_DOCS", 2)  # use the pool even for this tiny corpus
-    rng = np.random.default_rng(7)
-    originals = [random_words(rng, 150) for _ in range(30)]
-    texts = [" ".join(w) for w in originals] + [" ".join(edit(w, [75])) for w in originals[:5]]  # J ~ 0.94
-    docs = ingest_texts(tmp_path, texts)
-    inline = dedup(DedupConfig(batch_docs=4, workers=1), docs, workdir=tmp_path / "a", sink=MemorySink())
-    pooled = dedup(DedupConfig(batch_docs=4, workers=2), docs, workdir=tmp_path / "b", sink=MemorySink())
-    assert inline.summary == pooled.summary and inline.summary["dropped_near"] == 5
-    assert inline.file("dropped.jsonl").read_text() == pooled.file("dropped.jsonl").read_text()
-
-
 def test_exact_jaccard_of_shingle_sets() -> None:
     texts = ["a b c d e f g", "", "short text", "a b c d e f g h i"]
     sets = shingle_sets(texts, 5)

@@ -154,12 +154,30 @@ def test_shards_and_max_docs(tmp_path: Path) -> None:
         sink=MemorySink(),
     )
     assert [p.name for p in shard_paths(art.dir)] == [
-        "docs-00000.parquet",
-        "docs-00001.parquet",
-        "docs-00002.parquet",
+        "docs-00000-00000.parquet",
+        "docs-00000-00001.parquet",
+        "docs-00000-00002.parquet",
     ]
     docs, summary = run(tmp_path, paths=(str(tmp_path / "c.txt"),), txt_mode="lines", max_docs=3)
     assert summary["docs"] == 3 and len(docs) == 3
+
+
+def test_file_groups_keep_corpus_order_and_max_docs_cuts_the_last_group_read(tmp_path: Path) -> None:
+    for name in "abcd":  # four files of 3 documents, about 80 bytes each: one group per two files
+        (tmp_path / f"{name}.txt").write_text(
+            "\n".join(f"document {name} number {i} is here" for i in range(3))
+        )
+    cfg = IngestConfig(paths=(str(tmp_path),), txt_mode="lines", shard_docs=2, min_chars=5, group_bytes=200)
+    art = ingest(cfg, workdir=tmp_path / "work", sink=MemorySink())
+    assert art.summary["groups"] == 2 and art.summary["files"] == 4 and art.summary["docs"] == 12
+    assert [p.name for p in shard_paths(art.dir)] == [
+        f"docs-0000{g}-0000{k}.parquet" for g in (0, 1) for k in (0, 1, 2)
+    ]
+    ids = [i for batch, _ in iter_doc_batches(art.dir) for i in batch]
+    assert ids == [f"{name}.txt:{i}" for name in "abcd" for i in (1, 2, 3)]  # the files' order (lines)
+    cut = ingest(cfg.model_copy(update={"max_docs": 5}), workdir=tmp_path / "work", sink=MemorySink())
+    assert cut.summary["groups"] == 1 and cut.summary["docs"] == 5  # the second group was never read
+    assert [i for batch, _ in iter_doc_batches(cut.dir) for i in batch] == ids[:5]
 
 
 def test_workdir_inside_input_dir_is_not_ingested(tmp_path: Path) -> None:

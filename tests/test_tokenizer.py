@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, models
 
+from tasks.data.corpus.sampling import sample_rows
 from tasks.data.ingest import IngestConfig, ingest
 from tasks.data.tokenizer import SPECIAL_TOKENS, TokenizerConfig, load_tokenizer, pad_vocab, train_tokenizer
 from tasks.sink import MemorySink
@@ -36,10 +37,14 @@ WORDS = [
 ]
 
 
-def corpus(tmp_path: Path, n_docs: int = 60) -> Artifact:
+RUNES = " ".join(chr(c) for c in range(0x16A0, 0x16C8))  # 40 letters, once each: tied at any cut
+
+
+def corpus(tmp_path: Path, n_docs: int = 60, extra: str = "") -> Artifact:
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(WORDS, 25)) + "." for _ in range(n_docs)]
     lines.append("Café Zürich Naïve Ünïcode")
+    lines += [extra] if extra else []
     (tmp_path / "c.txt").write_text("\n".join(lines))
     cfg = IngestConfig(paths=(str(tmp_path / "c.txt"),), txt_mode="lines", min_chars=1)
     return ingest(cfg, workdir=tmp_path / "w", sink=MemorySink())
@@ -157,25 +162,54 @@ from pathlib import Path
 from tasks.data.tokenizer import TokenizerConfig, train_tokenizer
 from tasks.store.artifact import Artifact
 docs = Artifact(stage="dedup", fingerprint="docs", path=sys.argv[1])
-cfg = TokenizerConfig(vocab_size=int(sys.argv[3]), min_frequency=1, algorithm=sys.argv[4])
+size, algorithm, limit = int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+cfg = TokenizerConfig(vocab_size=size, min_frequency=1, algorithm=algorithm, limit_alphabet=limit)
 print((train_tokenizer(cfg, docs, workdir=sys.argv[2]).dir / "tokenizer.json").read_text())
 """
 
 
-@pytest.mark.parametrize("algorithm", ["wordpiece", "bpe"])
-def test_same_corpus_same_vocabulary_in_every_process(tmp_path: Path, algorithm: str) -> None:
-    """The tokenizers trainer orders merges of equal count by hash-map order, which changes per process
-    (huggingface/tokenizers#1794); our training must not: a re-run after a crash gets the same tokenizer."""
+@pytest.mark.parametrize(
+    ("algorithm", "limit_alphabet"), [("wordpiece", 1000), ("bpe", 1000), ("wordpiece", 30)]
+)
+def test_same_corpus_same_vocabulary_in_every_process(
+    tmp_path: Path, algorithm: str, limit_alphabet: int
+) -> None:
+    """The tokenizers trainer orders merges of equal count, and the characters tied at its
+    ``limit_alphabet`` cut, by hash-map order, which changes per process (huggingface/tokenizers#1794);
+    our training must not: a re-run after a crash gets the same tokenizer. With limit 30 the cut
+    falls among the 40 runes seen once each."""
     import subprocess
     import sys
 
-    docs = corpus(tmp_path, n_docs=200)
+    docs = corpus(tmp_path, n_docs=200, extra=RUNES)
     runs = [
         subprocess.run([sys.executable, "-c", TRAIN_IN_A_FRESH_PROCESS, docs.path, str(tmp_path / f"w{i}"),
-                        "120", algorithm], capture_output=True, text=True, check=True).stdout
+                        "120", algorithm, str(limit_alphabet)],
+                       capture_output=True, text=True, check=True).stdout
         for i in range(4)
     ]  # fmt: skip
     assert len(set(runs)) == 1
     saved = json.loads(runs[0])
     assert len(saved["model"]["vocab"]) >= 120
+    assert all(rune in saved["model"]["vocab"] for rune in RUNES.split())  # ties at the cut: all kept
     assert all(not t["content"].startswith("##") for t in saved["added_tokens"])  # ordinary pieces
+
+
+def test_max_docs_is_a_seeded_sample_spread_over_the_corpus(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text(
+        "".join(json.dumps({"text": f"document {i} says alpha beta gamma"}) + "\n" for i in range(400))
+    )
+    cfg = IngestConfig(paths=(str(path),), min_chars=1, min_alpha_fraction=0.0, shard_docs=100)
+    docs = ingest(cfg, workdir=tmp_path / "w", sink=MemorySink())
+    sample, size = sample_rows(docs.dir, 60, seed=0)
+    assert size == sum(len(s.rows) for s in sample) and 55 <= size <= 60
+    assert all(len(s.rows) > 0 for s in sample)  # every shard contributes, not only the first
+    again, _ = sample_rows(docs.dir, 60, seed=0)
+    other, _ = sample_rows(docs.dir, 60, seed=1)
+    assert [s.rows.tolist() for s in again] == [s.rows.tolist() for s in sample]
+    assert [s.rows.tolist() for s in other] != [s.rows.tolist() for s in sample]
+    everything, total = sample_rows(docs.dir, 400, seed=0)
+    assert total == 400 and all(s.rows is None for s in everything)
+    art = train(tmp_path, docs, max_docs=60)
+    assert art.summary["docs"] == size

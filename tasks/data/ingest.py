@@ -1,8 +1,11 @@
 """Ingest: local files (txt/jsonl/parquet/csv/WikiExtractor/WikiText, plain or compressed) or a
 Hugging Face dataset -> cleaned, filtered document shards.
 
-Documents stream from the readers through cleanup and filters into Parquet shards of
-``shard_docs`` documents, so memory does not grow with the corpus. Every dropped document is
+Input files are read in groups of about ``group_bytes``, each group an independent item of the
+job's shard map (``tasks.store.shard_map``: inline, threads or a Dask cluster). Inside a group,
+documents stream from the readers through cleanup and filters into Parquet shards of
+``shard_docs`` documents, so memory does not grow with the corpus; the groups' shards keep the
+files' order (``docs-<group>-<shard>.parquet``). Every dropped document is
 counted under a reason (filter, bad record, bad encoding) in the summary, and every input file
 that yielded nothing because it was empty or binary under ``skipped_files``.
 
@@ -20,6 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -35,8 +39,7 @@ from tasks.data.corpus.readers import (
     read_file,
     split_compression,
 )
-from tasks.data.corpus.shards import ShardWriter
-from tasks.sink import MetricSink
+from tasks.data.corpus.shards import ShardWriter, copy_head, link_or_copy
 from tasks.store.stage import Job, Stage
 
 log = logging.getLogger(__name__)
@@ -100,6 +103,14 @@ class IngestConfig(BaseModel):
         description="Drop documents where more than this share of lines repeat an earlier line (1.0: off).",
     )
     shard_docs: int = Field(50_000, ge=1, le=10_000_000, description="Documents per output Parquet shard.")
+    group_bytes: int = Field(
+        32 * 2**20,
+        ge=1,
+        description=(
+            "Input files are read in groups of about this many bytes, one shard-mapped item per group "
+            "(a bigger file is a group of its own): the unit of parallelism, retry and reuse."
+        ),
+    )
     max_docs: int | None = Field(None, ge=1, description="Stop after this many kept documents (None: all).")
 
     @model_validator(mode="after")
@@ -125,16 +136,74 @@ def corpus_files(cfg: IngestConfig, workdir: Path) -> list[Path]:
     return [f.path for f in resolve_inputs(cfg.paths, cfg.format, Path.cwd(), exclude=workdir)]
 
 
+@dataclass(frozen=True)
+class FileGroup:
+    """The input files one ingest item reads (or, with ``hub``, the Hugging Face dataset)."""
+
+    files: tuple[InputFile, ...]
+    hub: bool = False
+
+
+def file_groups(files: list[InputFile], group_bytes: int) -> list[FileGroup]:
+    """Consecutive files of about ``group_bytes`` each (a bigger file is a group of its own)."""
+    groups: list[list[InputFile]] = []
+    size = 0
+    for f in files:
+        length = f.path.stat().st_size
+        if not groups or size + length > group_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(f)
+        size += length
+    return [FileGroup(tuple(g)) for g in groups]
+
+
 def build_ingest(cfg: IngestConfig, *, out: Path, job: Job) -> dict:
-    """Read, clean and filter the corpus into ``docs-*.parquet`` shards (``id``, ``text``)."""
-    sink = job.sink
+    """Read, clean and filter the corpus into ``docs-*.parquet`` shards (``id``, ``text``).
+
+    File groups are independent items of the job's shard map; their shards keep corpus order
+    (``docs-<group>-<shard>.parquet``). With ``max_docs`` the groups are read one at a time,
+    in order, until enough documents were kept, and the last one is cut at the limit.
+    """
     files = resolve_inputs(cfg.paths, cfg.format, Path.cwd(), exclude=job.workdir)
+    groups = file_groups(files, cfg.group_bytes) + ([FileGroup((), hub=True)] if cfg.hf_dataset else [])
+    read = partial(_read_group, cfg)
+    if cfg.max_docs is None:
+        results = job.map("ingest-read", read, groups)
+    else:
+        results = []
+        for g, group in enumerate(groups):
+            results += job.map("ingest-read", read, [group], first_index=g)
+            if sum(r["docs"] for r in results) >= cfg.max_docs:
+                break
+    docs, chars, shards = _collect_shards(cfg, job, results, out)
+    counts: Counter[str] = Counter()
+    for r in results:
+        counts.update(r["counts"])
+    replaced = counts.pop("replaced_lines", 0)
+    skipped_files = {reason: counts.pop(reason) for reason in FILE_REASONS if reason in counts}
+    if docs == 0:
+        raise ValueError(
+            f"corpus is empty after filtering: {_describe(cfg)} "
+            f"(dropped: {dict(counts)}, skipped files: {skipped_files})"
+        )
+    summary = {"docs": docs, "chars": chars, "shards": shards, "files": len(files), "groups": len(results)}
+    summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
+    summary |= {"skipped_files": skipped_files}
+    job.sink.log_metrics(_metrics(summary), step=0)
+    log.info("ingest: kept %d documents in %d shards, dropped %s", docs, shards, dict(counts))
+    return summary
+
+
+def _read_group(cfg: IngestConfig, group: FileGroup, out: Path) -> dict:
+    """One group's cleaned, kept documents as shards in ``out``; its drop counts; per-shard sizes."""
     counts: Counter[str] = Counter()
     doc_filter = DocFilter(
         cfg.min_chars, cfg.max_chars, cfg.min_alpha_fraction, cfg.max_repeated_line_fraction
     )
+    raw = _hf_docs(cfg, counts) if group.hub else _file_docs(cfg, group.files, counts)
     with ShardWriter(out, cfg.shard_docs) as writer:
-        for doc in _raw_docs(cfg, files, counts, sink):
+        for doc in raw:
             text = clean_text(doc.text)
             reason = doc_filter.reason_to_drop(text)
             if reason is not None:
@@ -143,19 +212,27 @@ def build_ingest(cfg: IngestConfig, *, out: Path, job: Job) -> dict:
             writer.add(doc.id, text)
             if cfg.max_docs is not None and writer.docs >= cfg.max_docs:
                 break
-    replaced = counts.pop("replaced_lines", 0)
-    skipped_files = {reason: counts.pop(reason) for reason in FILE_REASONS if reason in counts}
-    if writer.docs == 0:
-        raise ValueError(
-            f"corpus is empty after filtering: {_describe(cfg)} "
-            f"(dropped: {dict(counts)}, skipped files: {skipped_files})"
-        )
-    summary = {"docs": writer.docs, "chars": writer.chars, "shards": writer.shards, "files": len(files)}
-    summary |= {"dropped": dict(sorted(counts.items())), "replaced_lines": replaced}
-    summary |= {"skipped_files": skipped_files}
-    sink.log_metrics(_metrics(summary), step=0)
-    log.info("ingest: kept %d documents in %d shards, dropped %s", writer.docs, writer.shards, dict(counts))
-    return summary
+    return {"docs": writer.docs, "shards": writer.shard_sizes, "counts": dict(counts)}
+
+
+def _collect_shards(cfg: IngestConfig, job: Job, results: list[dict], out: Path) -> tuple[int, int, int]:
+    """Link every group's shards into ``out`` in corpus order, cut at ``max_docs``: (docs, chars, shards)."""
+    limit = cfg.max_docs if cfg.max_docs is not None else sum(r["docs"] for r in results)
+    docs = chars = shards = 0
+    for g, result in enumerate(results):
+        for k, (n, n_chars) in enumerate(result["shards"]):
+            if docs >= limit:
+                return docs, chars, shards
+            src = job.item_dir("ingest-read", g) / f"docs-{k:05d}.parquet"
+            dst = out / f"docs-{g:05d}-{k:05d}.parquet"
+            if docs + n <= limit:
+                link_or_copy(src, dst)
+                docs, chars = docs + n, chars + n_chars
+            else:
+                n, n_chars = copy_head(src, dst, limit - docs)
+                docs, chars = docs + n, chars + n_chars
+            shards += 1
+    return docs, chars, shards
 
 
 FILE_REASONS = ("empty_file", "binary_file")  # counted per file, not per document
@@ -178,10 +255,8 @@ def _metrics(summary: dict) -> dict[str, float]:
     )
 
 
-def _raw_docs(
-    cfg: IngestConfig, files: list[InputFile], counts: Counter[str], sink: MetricSink
-) -> Iterator[RawDoc]:
-    """All raw documents: local files in order, then the Hugging Face dataset if one is named."""
+def _file_docs(cfg: IngestConfig, files: tuple[InputFile, ...], counts: Counter[str]) -> Iterator[RawDoc]:
+    """The raw documents of local files, in order."""
     opts = ReadOptions(
         text_field=cfg.text_field,
         txt_mode=cfg.txt_mode,
@@ -191,11 +266,8 @@ def _raw_docs(
         csv_delimiter=cfg.csv_delimiter,
         on_binary_file=cfg.on_binary_file,
     )
-    for i, f in enumerate(files):
+    for f in files:
         yield from read_file(f.path, f.format, f.source, opts, counts)
-        sink.progress(i + 1, len(files))
-    if cfg.hf_dataset:
-        yield from _hf_docs(cfg, counts)
 
 
 def _hf_docs(cfg: IngestConfig, counts: Counter[str]) -> Iterator[RawDoc]:

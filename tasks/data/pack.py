@@ -10,7 +10,8 @@ names the family and its special ids (and T5's sentinel ids): the engine reads t
 
 * ``pack``: documents are concatenated (``doc [SEP] doc [SEP] ...``) and cut every
   ``seq_len - 1`` tokens, each row prefixed with [CLS]. A document may continue into the next
-  row; padding appears only in the very last row, so almost no compute is spent on [PAD].
+  row; padding appears only in the last row of each document shard (shards are packed
+  independently, see ``build_pack``), so almost no compute is spent on [PAD].
 * ``single``: one document per row (``[CLS] doc [SEP] [PAD]...``); a document longer than
   ``seq_len - 2`` tokens is split over several rows, each closed by [SEP].
 
@@ -21,21 +22,21 @@ both sides. Rows are streamed to disk batch by batch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import shutil
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from tokenizers import Tokenizer
 
-from tasks.data.corpus.shards import count_docs, iter_doc_batches
+from tasks.data.corpus.sampling import unit_hash
+from tasks.data.corpus.shards import iter_shard_batches, shard_paths
 from tasks.data.specials import SpecialTokens
 from tasks.data.tokenizer import load_tokenizer, tokenizer_family
-from tasks.sink import MetricSink
 from tasks.store.artifact import Artifact
 from tasks.store.stage import Job, Stage
 
@@ -62,47 +63,62 @@ class PackConfig(BaseModel):
 
 
 def build_pack(cfg: PackConfig, docs: Artifact, tokenizer: Artifact, *, out: Path, job: Job) -> dict:
-    """Encode documents with the tokenizer artifact and write the packed-dir format."""
-    sink = job.sink
+    """Encode documents with the tokenizer artifact and write the packed-dir format.
+
+    Each document shard is an item of the job's shard map: it writes its own rows, its last
+    (pack-mode) row padded, and the rows are concatenated in shard order, so the output does
+    not depend on who encoded which shard.
+    """
     tok = load_tokenizer(tokenizer.dir)
     specials = tokenizer_family(tok, str(tokenizer.file("tokenizer.json")))
-    tok.no_truncation()
-    tok.no_padding()
     vocab_size = tok.get_vocab_size()
-    dtype = np.dtype(np.uint16 if vocab_size <= 65_535 else np.int32)
-    writers = {s: _RowWriter(out / f"{s}.bin", cfg.seq_len, cfg.mode, dtype, specials) for s in SPLITS}
-    try:
-        _encode_into(cfg, tok, docs.dir, writers, sink)
-    finally:
-        for writer in writers.values():
-            writer.file.close()
-    if writers["train"].rows == 0:
+    paths = shard_paths(docs.dir)
+    if not paths:
+        raise FileNotFoundError(f"no document shards in {docs.dir}")
+    counts = job.map("pack-encode", partial(_pack_shard, cfg, str(tokenizer.dir)), [str(p) for p in paths])
+    totals = {s: {k: sum(c[s][k] for c in counts) for k in ("docs", "rows", "pads")} for s in SPLITS}
+    for split in SPLITS:
+        with (out / f"{split}.bin").open("wb") as joined:
+            for k in range(len(paths)):
+                with (job.item_dir("pack-encode", k) / f"{split}.bin").open("rb") as part:
+                    shutil.copyfileobj(part, joined, 2**22)
+    if totals["train"]["rows"] == 0:
         raise ValueError(
-            f"pack: no training rows from {docs.dir} (all {writers['validation'].docs} docs held out)"
+            f"pack: no training rows from {docs.dir} (all {totals['validation']['docs']} docs held out)"
         )
-    meta = _pack_json(cfg, dtype, vocab_size, writers, specials)
-    (out / "pack.json").write_text(json.dumps(meta, indent=2))
-    summary = _summary(cfg, dtype, vocab_size, writers)
-    sink.log_metrics(_metrics(writers), step=0)
+    dtype = _dtype(vocab_size)
+    (out / "pack.json").write_text(json.dumps(_pack_json(cfg, dtype, vocab_size, totals, specials), indent=2))
+    summary = _summary(cfg, dtype, vocab_size, totals)
+    job.sink.log_metrics(_metrics(totals), step=0)
     log.info("pack: %s", summary)
     return summary
 
 
-def _encode_into(
-    cfg: PackConfig, tok: Tokenizer, src: Path, writers: dict[str, _RowWriter], sink: MetricSink
-) -> None:
-    """Encode documents batch by batch (no special tokens) and hand each split its documents."""
-    total, done = count_docs(src), 0
-    for ids, texts in iter_doc_batches(src, cfg.batch_docs):
-        by_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
-        for doc_id, enc in zip(ids, tok.encode_batch(texts, add_special_tokens=False), strict=True):
-            by_split[split_of(doc_id, cfg.seed, cfg.validation_fraction)].append(enc.ids)
-        for split, token_lists in by_split.items():
-            writers[split].add_batch(token_lists)
-        done += len(ids)
-        sink.progress(done, total)
-    for writer in writers.values():
-        writer.finish()
+def _dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65_535 else np.int32)
+
+
+def _pack_shard(cfg: PackConfig, tokenizer_dir: str, shard: str, out: Path) -> dict:
+    """Rows of one document shard, per split, in ``out/<split>.bin``; their counts."""
+    tok = load_tokenizer(tokenizer_dir)
+    specials = tokenizer_family(tok, tokenizer_dir)
+    tok.no_truncation()
+    tok.no_padding()
+    dtype = _dtype(tok.get_vocab_size())
+    writers = {s: _RowWriter(out / f"{s}.bin", cfg.seq_len, cfg.mode, dtype, specials) for s in SPLITS}
+    try:
+        for ids, texts in iter_shard_batches(Path(shard), cfg.batch_docs):
+            by_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
+            for doc_id, enc in zip(ids, tok.encode_batch(texts, add_special_tokens=False), strict=True):
+                by_split[split_of(doc_id, cfg.seed, cfg.validation_fraction)].append(enc.ids)
+            for split, token_lists in by_split.items():
+                writers[split].add_batch(token_lists)
+        for writer in writers.values():
+            writer.finish()
+    finally:
+        for writer in writers.values():
+            writer.file.close()
+    return {s: {"docs": w.docs, "rows": w.rows, "pads": w.pads} for s, w in writers.items()}
 
 
 def open_split(directory: Path | str, split: str) -> np.ndarray:
@@ -116,8 +132,7 @@ def open_split(directory: Path | str, split: str) -> np.ndarray:
 
 def split_of(doc_id: str, seed: int, validation_fraction: float) -> str:
     """'validation' for a seeded-hash share of document ids, else 'train' (order-independent)."""
-    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8).digest()
-    return "validation" if int.from_bytes(digest, "little") / 2**64 < validation_fraction else "train"
+    return "validation" if unit_hash(str(seed), doc_id) < validation_fraction else "train"
 
 
 class _RowWriter:
@@ -178,7 +193,11 @@ class _RowWriter:
 
 
 def _pack_json(
-    cfg: PackConfig, dtype: np.dtype, vocab_size: int, writers: dict[str, _RowWriter], specials: SpecialTokens
+    cfg: PackConfig,
+    dtype: np.dtype,
+    vocab_size: int,
+    totals: dict[str, dict[str, int]],
+    specials: SpecialTokens,
 ) -> dict:
     sentinels = {"sentinel_ids": specials.sentinel_ids} if specials.sentinels else {}
     return {
@@ -189,26 +208,26 @@ def _pack_json(
         **specials.ids,
         **sentinels,
         "mode": cfg.mode,
-        "splits": {s: w.rows for s, w in writers.items()},
+        "splits": {s: t["rows"] for s, t in totals.items()},
     }
 
 
-def _summary(cfg: PackConfig, dtype: np.dtype, vocab_size: int, writers: dict[str, _RowWriter]) -> dict:
-    slots = {s: w.rows * cfg.seq_len for s, w in writers.items()}
+def _summary(cfg: PackConfig, dtype: np.dtype, vocab_size: int, totals: dict[str, dict[str, int]]) -> dict:
+    slots = {s: t["rows"] * cfg.seq_len for s, t in totals.items()}
     return {
         "dtype": dtype.name,
         "vocab_size": vocab_size,
-        "docs": {s: w.docs for s, w in writers.items()},
-        "rows": {s: w.rows for s, w in writers.items()},
-        "tokens": {s: slots[s] - w.pads for s, w in writers.items()},
-        "padding_fraction": {s: (w.pads / slots[s] if slots[s] else 0.0) for s, w in writers.items()},
+        "docs": {s: t["docs"] for s, t in totals.items()},
+        "rows": {s: t["rows"] for s, t in totals.items()},
+        "tokens": {s: slots[s] - t["pads"] for s, t in totals.items()},
+        "padding_fraction": {s: (t["pads"] / slots[s] if slots[s] else 0.0) for s, t in totals.items()},
     }
 
 
-def _metrics(writers: dict[str, _RowWriter]) -> dict[str, float]:
+def _metrics(totals: dict[str, dict[str, int]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
-    for split, w in writers.items():
-        metrics |= {f"{split}_docs": w.docs, f"{split}_rows": w.rows, f"{split}_pad_tokens": w.pads}
+    for split, t in totals.items():
+        metrics |= {f"{split}_docs": t["docs"], f"{split}_rows": t["rows"], f"{split}_pad_tokens": t["pads"]}
     return metrics
 
 

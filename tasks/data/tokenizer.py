@@ -36,7 +36,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from tasks.data.corpus.shards import count_docs, iter_doc_batches
+from tasks.data.corpus.sampling import ShardSample, sample_rows
+from tasks.data.corpus.shards import iter_shard_batches, read_rows
 from tasks.data.specials import BERT, FAMILIES, Family, SpecialTokens, family_of
 from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
@@ -81,19 +82,25 @@ class TokenizerConfig(BaseModel):
         description="Pad the vocabulary with [unused*] tokens to a multiple of this (1: off).",
     )
     model_max_length: int = Field(512, ge=8, le=1_000_000, description="Max sequence length recorded for HF.")
-    max_docs: int | None = Field(None, ge=1, description="Train on the first N documents only (None: all).")
+    max_docs: int | None = Field(
+        None,
+        ge=1,
+        description="Train on a seeded sample of at most N documents, spread over the corpus (None: all).",
+    )
+    sample_seed: int = Field(0, ge=0, description="Seed of the id hash that picks the max_docs sample.")
     batch_docs: int = Field(1000, ge=1, le=1_000_000, description="Documents per batch fed to the trainer.")
 
 
 def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job) -> dict:
     """Train a tokenizer on a document-shard artifact and save it in tokenizers + HF formats."""
     sink = job.sink
-    total = count_docs(docs.dir) if cfg.max_docs is None else min(cfg.max_docs, count_docs(docs.dir))
+    sample, total = sample_rows(docs.dir, cfg.max_docs, cfg.sample_seed)
     specials = FAMILIES[cfg.family]
     tokenizer = _new_tokenizer(cfg, specials)
-    pieces = [] if cfg.algorithm == "unigram" else continuation_pieces(cfg, tokenizer, docs.dir, total)
-    trainer = _trainer(cfg, specials, pieces)
-    tokenizer.train_from_iterator(_text_batches(cfg, docs.dir, sink, total), trainer, length=total)
+    chars = [] if cfg.algorithm == "unigram" else kept_alphabet(cfg, tokenizer, sample)
+    pieces = [f"{_SUBWORD_PREFIX}{c}" for c in chars]
+    trainer = _trainer(cfg, specials, chars, pieces)
+    tokenizer.train_from_iterator(_text_batches(cfg, sample, sink, total), trainer, length=total)
     tokenizer = _unmark_special(tokenizer, specials, pieces)
     _check_special_ids(tokenizer, "trained tokenizer", specials)
     trained = tokenizer.get_vocab_size()
@@ -145,16 +152,23 @@ def pad_vocab(tokenizer: Tokenizer, multiple: int) -> Tokenizer:
     return padded
 
 
-def _text_batches(cfg: TokenizerConfig, src: Path, sink: MetricSink, total: int) -> Iterator[list[str]]:
-    """Batches of document texts, stopping after ``total`` documents."""
+def _text_batches(
+    cfg: TokenizerConfig, sample: list[ShardSample], sink: MetricSink, total: int
+) -> Iterator[list[str]]:
+    """Batches of the sampled documents' texts, in corpus order."""
     done = 0
-    for _, texts in iter_doc_batches(src, cfg.batch_docs):
-        texts = texts[: total - done]
-        yield texts
-        done += len(texts)
-        sink.progress(done, total)
-        if done >= total:
-            return
+    for shard in sample:
+        if shard.rows is None:
+            batches = (texts for _, texts in iter_shard_batches(shard.path, cfg.batch_docs))
+        else:
+            chunks = (
+                shard.rows[lo : lo + cfg.batch_docs] for lo in range(0, len(shard.rows), cfg.batch_docs)
+            )
+            batches = (read_rows(shard.path, rows, "text") for rows in chunks)
+        for texts in batches:
+            yield texts
+            done += len(texts)
+            sink.progress(done, total)
 
 
 def _new_tokenizer(cfg: TokenizerConfig, specials: SpecialTokens) -> Tokenizer:
@@ -180,26 +194,28 @@ def _new_tokenizer(cfg: TokenizerConfig, specials: SpecialTokens) -> Tokenizer:
     return tokenizer
 
 
-def continuation_pieces(cfg: TokenizerConfig, tokenizer: Tokenizer, src: Path, total: int) -> list[str]:
-    """``##c`` for every character of the alphabet the trainer will keep, in a fixed order.
+def kept_alphabet(cfg: TokenizerConfig, tokenizer: Tokenizer, sample: list[ShardSample]) -> list[str]:
+    """The characters a WordPiece/BPE vocabulary starts from, chosen here, sorted.
 
-    Why: the tokenizers WordPiece/BPE trainer creates these pieces lazily while iterating a
-    hash map of words, so their ids, and with them the tie-breaking between merges of equal
-    count, change from one process to the next (huggingface/tokenizers#1794): the same corpus
-    gave another vocabulary, and a re-run after a crash another model. Registering the pieces
-    up front, sorted, fixes their ids. The alphabet is counted on the normalized text like the
-    trainer's: the ``limit_alphabet`` most frequent characters, ties at the cut included.
+    Why: the tokenizers trainer keeps the ``limit_alphabet`` most frequent characters and breaks
+    ties at the cut in the order of a hash map, which changes from one process to the next; it
+    also creates the ``##c`` continuation pieces lazily while iterating a hash map of words
+    (huggingface/tokenizers#1794). Either way the same corpus gave another vocabulary (on the
+    Wikipedia slice, 60 of 1,000 characters differed between two runs), and a re-run after a
+    crash another model. So the alphabet is counted here, on the normalized text like the
+    trainer's: the ``limit_alphabet`` most frequent characters, ties at the cut included. The
+    trainer gets exactly these as its initial alphabet, and their ``##c`` pieces, up front.
     """
     counts: Counter[str] = Counter()
     normalizer = tokenizer.normalizer
-    for texts in _text_batches(cfg, src, NullSink(), total):
+    for texts in _text_batches(cfg, sample, NullSink(), 0):
         for text in texts:
             counts.update(normalizer.normalize_str(text) if normalizer is not None else text)
     for space in [c for c in counts if c.isspace()]:
         del counts[space]
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     cut = ranked[min(cfg.limit_alphabet, len(ranked)) - 1][1] if ranked else 0
-    return sorted(f"{_SUBWORD_PREFIX}{c}" for c, n in ranked if n >= cut)
+    return sorted(c for c, n in ranked if n >= cut)
 
 
 def _unmark_special(tokenizer: Tokenizer, specials: SpecialTokens, pieces: list[str]) -> Tokenizer:
@@ -212,8 +228,13 @@ def _unmark_special(tokenizer: Tokenizer, specials: SpecialTokens, pieces: list[
     return Tokenizer.from_str(json.dumps(data))
 
 
-def _trainer(cfg: TokenizerConfig, specials: SpecialTokens, pieces: Sequence[str] = ()) -> trainers.Trainer:
+def _trainer(
+    cfg: TokenizerConfig, specials: SpecialTokens, chars: Sequence[str] = (), pieces: Sequence[str] = ()
+) -> trainers.Trainer:
     """Trainer that puts the special tokens first, in order, so they get ids 0, 1, ..., then ``pieces``.
+
+    WordPiece/BPE start from exactly ``chars`` (``kept_alphabet``): they are the initial alphabet
+    and ``limit_alphabet`` is their number, so the trainer's own cut keeps them all and no other.
 
     A T5-family tokenizer also starts from every printable ASCII character: T5 writes its answers
     as text (class words such as ``not_equivalent``, STS-B scores such as ``3.8``, the prompts'
@@ -234,12 +255,13 @@ def _trainer(cfg: TokenizerConfig, specials: SpecialTokens, pieces: Sequence[str
             initial_alphabet=alphabet,
         )  # fmt: skip
     kind = trainers.WordPieceTrainer if cfg.algorithm == "wordpiece" else trainers.BpeTrainer
+    start = sorted({*alphabet, *chars})
     return kind(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
-        limit_alphabet=cfg.limit_alphabet,
+        limit_alphabet=len(start),
         special_tokens=[*tokens, *pieces],
-        initial_alphabet=alphabet,
+        initial_alphabet=start,
         continuing_subword_prefix=_SUBWORD_PREFIX,
         show_progress=False,
     )

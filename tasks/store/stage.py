@@ -37,6 +37,7 @@ from tasks.store.digest import code_digest, files_digest, json_digest
 from tasks.store.locks import build_lock
 from tasks.store.manifest import read_manifest, verify, write_manifest
 from tasks.store.ownership import check_replaceable, mark_owned, remove_owned
+from tasks.store.shard_map import ItemFn, ShardMap, ShardWork, inline_map, item_directory
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,22 @@ class Job:
     scratch: Path  # survives a kill (resumable training state); deleted once the stage finished
     run_id: str | None = None  # the MLflow run tracking this build, when there is one
     destination: str | None = None  # where the stage writes outside the workdir (registry URI)
+    shard_map: ShardMap = inline_map  # who runs a step's items (tasks.store.shard_map)
+
+    def map(self, step: str, fn: ItemFn, items: Sequence[Any], first_index: int = 0) -> list[Any]:
+        """``fn(item, out_dir)`` for every item, cached per item in this build's scratch; results in order.
+
+        Items are numbered from ``first_index`` (a step mapped in several calls).
+        """
+        work = [
+            ShardWork(fn, item, item_directory(self.scratch, step, first_index + i))
+            for i, item in enumerate(items)
+        ]
+        return self.shard_map(step, work, self.sink.progress)
+
+    def item_dir(self, step: str, index: int) -> Path:
+        """Where item ``index`` of ``step`` left its files."""
+        return item_directory(self.scratch, step, index)
 
 
 Build = Callable[..., Mapping[str, Any]]  # build(cfg, *inputs, out=Path, job=Job) -> JSON-able summary
@@ -101,6 +118,7 @@ class Stage:
         sink: MetricSink | None = None,
         run_id: str | None = None,
         destination: str | None = None,
+        shard_map: ShardMap = inline_map,
     ) -> Artifact:
         if self.needs_destination and not destination:
             raise ValueError(f"stage {self.name} writes outside the workdir: it needs a destination")
@@ -115,7 +133,7 @@ class Stage:
                 return found
             for stale in final.parent.glob(f".tmp-{final.name}-*"):  # a killed build's; the lock says no one
                 remove_owned(stale)  # else is building this fingerprint now
-            job = Job(sink or NullSink(), fp, workdir, scratch, run_id, destination)
+            job = Job(sink or NullSink(), fp, workdir, scratch, run_id, destination, shard_map)
             artifact = self._build(cfg, inputs, final, key, job)
         shutil.rmtree(scratch, ignore_errors=True)  # ours: made for this fingerprint only
         return artifact

@@ -152,26 +152,30 @@ def _band_keys(block: np.ndarray) -> np.ndarray:
     return key
 
 
-def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """Pairs (i, j), i < j, that share a bucket in at least one band -> (M, 2) int64, unique rows.
+def band_pairs(block: np.ndarray) -> np.ndarray:
+    """Pairs (i, j), i < j, of rows of one (N, rows) band block that share its bucket -> (M, 2) int64.
 
     Inside a bucket every member is paired with the bucket's first (lowest-index) member and
     with its predecessor: O(bucket size) pairs instead of all O(size**2), which is enough
     for union-find to join the bucket while verification still checks real neighbours.
     """
-    n = signatures.shape[0]
-    found: list[np.ndarray] = [np.zeros((0, 2), dtype=np.int64)]
-    for band in range(bands):
-        keys = _band_keys(signatures[:, band * rows : (band + 1) * rows])
-        order = np.argsort(keys, kind="stable")  # stable: indices ascend inside a bucket
-        same = keys[order][1:] == keys[order][:-1]  # (n-1,) position i+1 continues i's bucket
-        if not same.any():
-            continue
-        group_start = np.maximum.accumulate(np.where(np.r_[False, same], 0, np.arange(n)))
-        first = order[group_start]  # (n,) lowest index of each position's bucket
-        chain = np.stack([order[:-1][same], order[1:][same]], axis=1)
-        star = np.stack([first[1:][same], order[1:][same]], axis=1)
-        found += [chain, star]
+    n = block.shape[0]
+    keys = _band_keys(block)
+    order = np.argsort(keys, kind="stable")  # stable: indices ascend inside a bucket
+    same = keys[order][1:] == keys[order][:-1]  # (n-1,) position i+1 continues i's bucket
+    if not same.any():
+        return np.zeros((0, 2), dtype=np.int64)
+    group_start = np.maximum.accumulate(np.where(np.r_[False, same], 0, np.arange(n)))
+    first = order[group_start]  # (n,) lowest index of each position's bucket
+    chain = np.stack([order[:-1][same], order[1:][same]], axis=1)
+    star = np.stack([first[1:][same], order[1:][same]], axis=1)
+    return np.unique(np.concatenate([chain, star]).astype(np.int64), axis=0)
+
+
+def candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Pairs (i, j), i < j, that share a bucket in at least one band -> (M, 2) int64, unique rows."""
+    found = [np.zeros((0, 2), dtype=np.int64)]
+    found += [band_pairs(signatures[:, band * rows : (band + 1) * rows]) for band in range(bands)]
     return np.unique(np.concatenate(found), axis=0)
 
 
