@@ -3,6 +3,11 @@ near-duplicates and side-by-side baselines.
 
     python benchmarks/data_bench.py --corpus ../shared/data/corpus/enwiki-2014-slice \
         --out benchmarks/results/data_bench.json [--quick] [--max-files N]
+    python benchmarks/data_bench.py --corpus ../shared/data/corpus/enwiki-2014-slice \
+        --workers 1,2 --out benchmarks/results/data_bench_workers.json [--quick]
+
+The second form is the scaling study of ``benchmarks/data_scaling.py`` instead of the figures
+below.
 
 Figures (table on stdout, JSON to --out):
 
@@ -150,14 +155,6 @@ def run_stages(args: argparse.Namespace, workdir: Path) -> tuple[dict, dict[str,
     ingest_mb = text_bytes(arts["ingest"].dir) / MB
     (arts["dedup"], verify_s), s, rss = in_child(run_dedup, arts["ingest"], workdir, DedupConfig())
     stages["dedup"] = {"seconds": s, "mb": ingest_mb, "peak_rss_gb": rss, "verify_seconds": verify_s}
-    pooled = DedupConfig(workers=2)  # the default is inline: does a 2-process signing pool pay off?
-    (_, verify_s), s, rss = in_child(run_dedup, arts["ingest"], workdir, pooled)
-    stages["dedup_2_workers"] = {
-        "seconds": s,
-        "mb": ingest_mb,
-        "peak_rss_gb": rss,
-        "verify_seconds": verify_s,
-    }
     dedup_mb = text_bytes(arts["dedup"].dir) / MB
     arts["tokenizer"], s, rss = in_child(run_tokenizer, arts["dedup"], workdir, args.vocab_size)
     stages["tokenizer"] = {"seconds": s, "mb": dedup_mb, "peak_rss_gb": rss}
@@ -231,9 +228,19 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="stage outputs (default: a temp dir)")
     parser.add_argument("--vocab-size", type=int, default=32_000)
     parser.add_argument("--check-docs", type=int, default=20_000)
+    parser.add_argument(
+        "--workers",
+        help="e.g. 1,2: instead of the baselines, the small preset's data flow on a Dask LocalCluster of "
+        "each size (benchmarks/data_scaling.py)",
+    )
+    parser.add_argument("--group-mb", type=int, default=8, help="--workers: MB of input per ingest group")
+    parser.add_argument("--shard-docs", type=int, default=10_000, help="--workers: documents per shard")
     args = parser.parse_args()
     args.max_files = args.max_files or (8 if args.quick else None)
     started = now()
+    if args.workers:
+        workers_report(args, started)
+        return
     with tempfile.TemporaryDirectory(prefix="data-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         stages, arts = run_stages(args, workdir)
@@ -247,6 +254,32 @@ def main() -> None:
 
 
 PACKAGES = ("numpy", "pyarrow", "tokenizers", "datasketch", "rensa")
+SCALING_PACKAGES = ("numpy", "pyarrow", "tokenizers", "prefect", "prefect-dask", "distributed")
+
+
+def workers_report(args: argparse.Namespace, started: str) -> None:
+    """``--workers``: the scaling study, its table on stdout and its JSON at --out."""
+    from tasks.run import offline  # the settings bertflow runs with, before Prefect is imported
+
+    offline.apply()
+    workers = [int(w) for w in args.workers.split(",")]
+    paths = corpus_paths(args.corpus, args.max_files)
+    with tempfile.TemporaryDirectory(prefix="data-scaling-") as tmp:
+        os.environ.setdefault("PREFECT_HOME", str(Path(tmp) / "prefect"))
+        from benchmarks.data_scaling import print_scaling, scaling
+
+        study = scaling(workers, paths, args.workdir or Path(tmp) / "runs", args.group_mb, args.shard_docs)
+    report = {
+        "provenance": provenance(SCALING_PACKAGES, started),
+        "date": started[:10],
+        "corpus": portable_path(args.corpus.resolve()),
+        "corpus_files": args.max_files or "all",
+        "quick": args.quick,
+        **study,
+    }
+    print_scaling(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
 
 
 def summarize(

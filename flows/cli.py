@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.FIELD=VALUE",
         help="override a preset value, e.g. --set pretrain.train.max_steps=200 (repeatable)",
     )
+    run.add_argument(
+        "--task-runner",
+        default=None,
+        metavar="local|dask|dask://HOST:PORT",
+        help="where ingest/dedup/pack shards run: threads here (default), a Dask LocalCluster, or a cluster",
+    )
+    run.add_argument(
+        "--workers", type=int, help="threads, or LocalCluster worker processes (default: the cores)"
+    )
     add_sweep_parser(sub)
     sub.add_parser("presets", help="list the presets")
     add_server_parser(sub)
@@ -138,10 +147,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline
     from tasks.judge.register import closing_lines
     from tasks.progress import logs_above_bars
-    from tasks.run.config import load_config
+    from tasks.run.config import load_config, parse_task_runner
     from tasks.run.pipeline_run import check_tracking, format_table
 
-    config = load_config(args.preset, args.workdir, args.overrides)
+    updates = {}
+    if args.task_runner is not None or args.workers is not None:
+        runner = parse_task_runner(args.task_runner or "local", args.workers)
+        updates["task_runner"] = runner.model_dump()
+    config = load_config(args.preset, args.workdir, args.overrides, updates)
     check_tracking(config, args.workdir)  # before Prefect starts: an unreachable server fails in seconds
     with logs_above_bars():
         result = pipeline(config=config, workdir=str(args.workdir.resolve()))
@@ -286,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     set_default_env(None if reads_only else getattr(args, "workdir", None))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
+    if args.command in ("run", "sweep"):
+        from tasks.run.shard_tasks import quiet_shard_logs
+
+        quiet_shard_logs()
     try:
         return COMMANDS[args.command](args)
     except (ValueError, OSError, RuntimeError, ArithmeticError) as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows.pipeline import PipelineResult, data_flow, pipeline, pretrain_flow
+from flows.pipeline import PipelineResult, pipeline, pretrain_flow, run_data_flow
 from flows.sweep import SweepResult, sweep_with_runner
 from tasks.commands.compare import compare
 from tasks.run.params import PipelineParameters
@@ -34,7 +34,7 @@ def data_deployment(params: PipelineParameters) -> Artifact:
     """Data phase only: (demo data) -> ingest -> dedup -> tokenizer -> pack; returns the packed corpus."""
     config = params.to_config()
     with pipeline_session(config, Path(params.workdir)) as ctx:
-        data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
+        data = run_data_flow(config, ctx)
     return data.packed
 
 
@@ -43,7 +43,7 @@ def pretrain_deployment(params: PipelineParameters) -> Artifact:
     """Data (reused when finished) + pre-training; returns the checkpoint artifact."""
     config = params.to_config()
     with pipeline_session(config, Path(params.workdir)) as ctx:
-        data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
+        data = run_data_flow(config, ctx)
         checkpoint = pretrain_flow(config.pretrain, data, ctx)
     return checkpoint
 

@@ -16,6 +16,7 @@ from tasks.judge.evaluation import EvalConfig
 from tasks.run.config import PipelineConfig
 from tasks.run.context import RunLink, StageContext
 from tasks.run.pipeline_run import pipeline_session, publish_scores
+from tasks.run.shard_tasks import data_task_runner
 from tasks.run.stages import (
     dedup_task,
     demo_data_task,
@@ -56,12 +57,29 @@ def data_flow(
     ctx: StageContext,
     demo: DemoConfig | None = None,
 ) -> DataArtifacts:
-    """1. (demo only) generate synthetic data  2. ingest  3. dedup  4. train the tokenizer  5. pack."""
+    """1. (demo only) generate synthetic data  2. ingest  3. dedup  4. train the tokenizer  5. pack.
+
+    Ingest, dedup and pack map their shards as Prefect tasks on this flow's task runner
+    (``tasks.run.shard_tasks``): threads here by default, or a Dask cluster.
+    """
     if demo is not None:
         demo_data_task(demo, (), ctx)
     docs = dedup_task(dedup, (ingest_task(ingest, (), ctx),), ctx)
     tok = tokenizer_task(tokenizer, (docs,), ctx)
     return DataArtifacts(tokenizer=tok, packed=pack_task(pack, (docs, tok), ctx))
+
+
+def run_data_flow(config: PipelineConfig, ctx: StageContext) -> DataArtifacts:
+    """The data flow, its shards on the task runner ``config.task_runner`` names."""
+    on_runner = data_flow.with_options(task_runner=data_task_runner(config.task_runner))
+    return on_runner(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
+
+
+@flow(name="data-only")
+def data_pipeline(config: PipelineConfig, workdir: str) -> DataArtifacts:
+    """The data stages alone, tracked as a pipeline run of their own (the data benchmark, tests)."""
+    with pipeline_session(config, Path(workdir)) as ctx:
+        return run_data_flow(config, ctx)
 
 
 @flow(name="pretrain")
@@ -94,7 +112,7 @@ def pipeline(config: PipelineConfig, workdir: str, link: RunLink | None = None) 
     ``link`` makes the MLflow run a named child of another run (a sweep's trial).
     """
     with pipeline_session(config, Path(workdir), link) as ctx:
-        data = data_flow(config.ingest, config.dedup, config.tokenizer, config.pack, ctx, config.demo)
+        data = run_data_flow(config, ctx)
         checkpoint = pretrain_flow(config.pretrain, data, ctx)
         tuned, report = finetune_evaluate_flow(
             config.finetune, config.evaluate, checkpoint, ctx, "pretrained"

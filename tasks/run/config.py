@@ -8,11 +8,12 @@ generates (the demo) without hard-coding a machine's paths. Command-line overrid
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +37,42 @@ class TrackingConfig(BaseModel):
     experiment: str = Field("bertflow", min_length=1, description="MLflow experiment holding the runs.")
 
 
+class TaskRunnerConfig(BaseModel):
+    """Where the data stages' items run. Not part of any fingerprint: the output is the same."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["local", "dask"] = Field("local", description="local: threads here; dask: a Dask cluster.")
+    address: str | None = Field(
+        None, description="dask: scheduler address (tcp://HOST:PORT) of a running cluster; None starts one."
+    )
+    workers: int | None = Field(
+        None, ge=1, le=4096, description="Threads (local) or LocalCluster worker processes (None: the cores)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskRunnerConfig:
+        if self.address is not None and self.kind != "dask":
+            raise ValueError("task_runner.address needs kind = 'dask'")
+        if self.address is not None and self.workers is not None:
+            raise ValueError(
+                "task_runner.workers sizes a cluster bertflow starts; an existing one has its own"
+            )
+        return self
+
+    def worker_count(self) -> int:
+        return self.workers or len(os.sched_getaffinity(0))
+
+
+def parse_task_runner(text: str, workers: int | None = None) -> TaskRunnerConfig:
+    """``local``, ``dask`` or ``dask://HOST:PORT`` (the CLI's --task-runner) -> its config."""
+    if text in ("local", "dask"):
+        return TaskRunnerConfig(kind=text, workers=workers)
+    if text.startswith("dask://") and len(text) > len("dask://"):
+        return TaskRunnerConfig(kind="dask", address="tcp://" + text.removeprefix("dask://"), workers=workers)
+    raise ValueError(f"--task-runner {text!r}: expected local, dask or dask://HOST:PORT")
+
+
 class PipelineConfig(BaseModel):
     """Every stage's config; each stage receives only its own section."""
 
@@ -52,6 +89,7 @@ class PipelineConfig(BaseModel):
     evaluate: EvalConfig
     registry: RegistryConfig = RegistryConfig()
     tracking: TrackingConfig = TrackingConfig()
+    task_runner: TaskRunnerConfig = TaskRunnerConfig()
     baseline_random_init: bool = Field(
         False, description="Also fine-tune from random init on the same budget, to measure transfer."
     )

@@ -27,6 +27,7 @@ from tasks.progress import TerminalSink
 from tasks.run.context import StageContext
 from tasks.run.prefect_io import PrefectProgress, publish_stage_summary, retry_on_io
 from tasks.run.run_record import FAILED, KILLED, RAN, REUSED, StageEntry, record_stage
+from tasks.run.shard_tasks import PrefectShardMap
 from tasks.store.artifact import Artifact
 from tasks.store.digest import json_digest
 from tasks.store.stage import Stage
@@ -121,7 +122,15 @@ def tracked_stage(
         tracker.log_params(run_id, cfg.model_dump(mode="json"))
         sink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(name), terminal)
         destination = ctx.tracking_uri if stage.needs_destination else None
-        artifact = stage(cfg, *inputs, workdir=ctx.path, sink=sink, run_id=run_id, destination=destination)
+        artifact = stage(
+            cfg,
+            *inputs,
+            workdir=ctx.path,
+            sink=sink,
+            run_id=run_id,
+            destination=destination,
+            shard_map=PrefectShardMap(),
+        )
         tracker.set_tags(
             run_id,
             {

@@ -38,6 +38,9 @@ OVERRIDES: dict[str, str] = {
     "demo_corpus_docs": "demo.n_corpus_docs",
     "demo_train_examples": "demo.n_train",
     "demo_dev_examples": "demo.n_dev",
+    "task_runner": "task_runner.kind",
+    "dask_address": "task_runner.address",
+    "data_workers": "task_runner.workers",
 }
 
 
@@ -73,6 +76,15 @@ class PipelineParameters(BaseModel):
     demo_corpus_docs: int | None = Field(None, ge=10, le=10**6, description="tiny: synthetic corpus size.")
     demo_train_examples: int | None = Field(None, ge=10, le=10**5, description="tiny: train examples/task.")
     demo_dev_examples: int | None = Field(None, ge=10, le=10**5, description="tiny: dev examples/task.")
+    task_runner: Literal["local", "dask"] | None = Field(
+        None, description="Where ingest/dedup/pack shards run: threads on the worker, or a Dask cluster."
+    )
+    dask_address: str | None = Field(
+        None, min_length=1, max_length=300, description="dask: a running scheduler (tcp://HOST:PORT)."
+    )
+    data_workers: int | None = Field(
+        None, ge=1, le=4096, description="Data-stage threads, or the LocalCluster's worker processes."
+    )
     overrides: list[str] = Field(
         default_factory=list,
         max_length=100,
