@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flows.pipeline import DataArtifacts, data_pipeline
 from tasks.run.config import TaskRunnerConfig, load_config, parse_task_runner
+from tasks.run.shard_tasks import PrefectShardMap
 from tasks.store.artifact import Artifact
+from tasks.store.shard_map import ItemFn, Progress, ShardWork
 
 pytestmark = pytest.mark.slow
 
@@ -23,6 +29,29 @@ SMALL = [
 ]
 
 
+def _die_once(marker: str, fn: ItemFn, item: Any, out: Path) -> Any:
+    """The worker process running this item dies, once, as it would on a lost machine."""
+    if not Path(marker).exists():
+        Path(marker).write_text(str(os.getpid()))
+        os._exit(1)
+    return fn(item, out)
+
+
+class LosesAWorker(PrefectShardMap):
+    """The pipeline's shard map, but the worker of one LSH band item dies the first time."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __call__(self, step: str, work: Sequence[ShardWork], progress: Progress) -> list[Any]:
+        if step == "dedup-bands":
+            doomed = ShardWork(
+                partial(_die_once, str(self.marker), work[3].fn), work[3].item, work[3].directory
+            )
+            work = [*work[:3], doomed, *work[4:]]
+        return super().__call__(step, work, progress)
+
+
 def run_data(workdir: Path, runner: str) -> tuple[DataArtifacts, Artifact]:
     config = load_config("tiny", workdir, [*SMALL, f'task_runner.kind="{runner}"', "task_runner.workers=2"])
     data = data_pipeline(config, str(workdir))
@@ -30,9 +59,12 @@ def run_data(workdir: Path, runner: str) -> tuple[DataArtifacts, Artifact]:
     return data, Artifact(stage="dedup", fingerprint=dedup_dir.name, path=str(dedup_dir))
 
 
-def test_dask_and_local_runners_write_the_same_bytes(tmp_path: Path) -> None:
+def test_dask_and_local_runners_write_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     local, local_dedup = run_data(tmp_path / "local", "local")
+    marker = tmp_path / "a-worker-died"
+    monkeypatch.setattr("tasks.run.contract.PrefectShardMap", lambda: LosesAWorker(marker))
     dask, dask_dedup = run_data(tmp_path / "dask", "dask")
+    assert marker.exists()  # a Dask worker process died inside an item; the cluster re-ran that item
     for name in ("train.bin", "validation.bin", "pack.json"):
         assert local.packed.file(name).read_bytes() == dask.packed.file(name).read_bytes(), name
     dropped = local_dedup.file("dropped.jsonl").read_text()
