@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from functools import partial
@@ -13,7 +14,7 @@ import pytest
 
 from flows.pipeline import DataArtifacts, data_pipeline
 from tasks.run.config import TaskRunnerConfig, load_config, parse_task_runner
-from tasks.run.shard_tasks import PrefectShardMap
+from tasks.run.shard_tasks import PrefectShardMap, QuietShards
 from tasks.store.artifact import Artifact
 from tasks.store.shard_map import ItemFn, Progress, ShardWork
 
@@ -86,3 +87,18 @@ def test_task_runner_flag_and_config_errors() -> None:
         TaskRunnerConfig(address="tcp://h:1")
     with pytest.raises(ValueError, match="an existing one has its own"):
         TaskRunnerConfig(kind="dask", address="tcp://h:1", workers=2)
+
+
+def test_item_task_info_lines_are_dropped_but_their_failures_kept() -> None:
+    quiet = QuietShards()
+
+    def record(level: int, task_name: str) -> logging.LogRecord:
+        rec = logging.LogRecord(
+            "prefect.task_runs", level, __file__, 1, "Finished in state Completed()", (), None
+        )
+        rec.task_name = task_name
+        return rec
+
+    assert not quiet.filter(record(logging.INFO, "shard"))
+    assert quiet.filter(record(logging.ERROR, "shard"))
+    assert quiet.filter(record(logging.INFO, "ingest"))  # a stage's own task keeps its lines
