@@ -147,9 +147,6 @@ class Signed:
     shards: tuple[ShardRef, ...]
     dirs: tuple[str, ...]
 
-    def offsets(self) -> np.ndarray:
-        return np.asarray([s.offset for s in self.shards], dtype=np.int64)  # (shards,)
-
 
 @dataclass(frozen=True)
 class Partition:
@@ -319,7 +316,7 @@ def _verify_exact(cfg: DedupConfig, job: Job, signed: Signed, pairs: np.ndarray,
     chunks of pairs then compare sets read from those files, so no shard is read per chunk.
     """
     needed = np.unique(pairs)
-    work = [ShardRows(signed.shards[k], rows) for k, rows in _by_shard(signed, needed)]
+    work = [ShardRows(signed.shards[k], rows) for k, rows in _by_shard(signed.shards, needed)]
     job.map("dedup-shingles", partial(_shingle_shard, cfg), work)
     at = {w.shard.offset: str(job.item_dir("dedup-shingles", i)) for i, w in enumerate(work)}
     dirs = tuple(at.get(s.offset, "") for s in signed.shards)
@@ -369,7 +366,7 @@ def _shingle_shard(cfg: DedupConfig, work: ShardRows, out: Path) -> dict:
 def _exact_chunk(threshold: float, chunk: PairChunk, out: Path) -> dict:
     """Which pairs of the chunk have an exact shingle-set Jaccard similarity >= ``threshold``."""
     pairs = np.load(chunk.candidates, mmap_mode="r")[chunk.lo : chunk.hi]  # (K, 2)
-    shard_of = np.searchsorted(chunk.signed.offsets(), pairs, side="right") - 1  # (K, 2)
+    shard_of = _shard_index(chunk.signed.shards, pairs)  # (K, 2)
     files: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for k in np.unique(shard_of).tolist():
         d = Path(chunk.shingles[k])
@@ -391,18 +388,24 @@ def _exact_chunk(threshold: float, chunk: PairChunk, out: Path) -> dict:
     return {"kept": int(keep.sum())}
 
 
-def _by_shard(signed: Signed, positions: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def _shard_index(shards: tuple[ShardRef, ...], positions: np.ndarray) -> np.ndarray:
+    """The index of the shard holding each corpus position (any shape)."""
+    offsets = np.asarray([s.offset for s in shards], dtype=np.int64)  # (shards,)
+    return np.searchsorted(offsets, positions, side="right") - 1
+
+
+def _by_shard(shards: tuple[ShardRef, ...], positions: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """(shard index, ascending rows in it) for ascending corpus ``positions``."""
-    shard_of = np.searchsorted(signed.offsets(), positions, side="right") - 1
+    shard_of = _shard_index(shards, positions)
     for k in np.unique(shard_of).tolist():
-        yield k, positions[shard_of == k] - signed.shards[k].offset
+        yield k, positions[shard_of == k] - shards[k].offset
 
 
 def _signatures_at(signed: Signed, positions: np.ndarray) -> np.ndarray:
     """Signatures of documents at ascending corpus ``positions`` -> (len(positions), P) uint32."""
     parts = [
         np.asarray(np.load(Path(signed.dirs[k]) / "signatures.npy", mmap_mode="r")[:, rows]).T
-        for k, rows in _by_shard(signed, positions)
+        for k, rows in _by_shard(signed.shards, positions)
     ]
     return np.concatenate(parts)
 
@@ -440,10 +443,9 @@ def _write_survivors(
     cfg: DedupConfig, job: Job, shards: tuple[ShardRef, ...], fates: np.ndarray, out: Path
 ) -> int:
     """Filter every shard (mapped), then link its survivors and append its dropped lines, in shard order."""
-    signed = Signed(shards, ())
     kept_positions = np.unique(fates[:, 2])
-    kept_ids = dict(zip(kept_positions.tolist(), _ids_at(signed, kept_positions), strict=True))
-    shard_of = np.searchsorted(signed.offsets(), fates[:, 0], side="right") - 1
+    kept_ids = dict(zip(kept_positions.tolist(), _ids_at(shards, kept_positions), strict=True))
+    shard_of = _shard_index(shards, fates[:, 0])
     work = []
     for k, shard in enumerate(shards):
         mine = fates[shard_of == k]
@@ -460,11 +462,9 @@ def _write_survivors(
     return sum(r["kept"] for r in results)
 
 
-def _ids_at(signed: Signed, positions: np.ndarray) -> list[str]:
+def _ids_at(shards: tuple[ShardRef, ...], positions: np.ndarray) -> list[str]:
     return [
-        i
-        for k, rows in _by_shard(signed, positions)
-        for i in read_rows(Path(signed.shards[k].path), rows, "id")
+        i for k, rows in _by_shard(shards, positions) for i in read_rows(Path(shards[k].path), rows, "id")
     ]
 
 

@@ -24,9 +24,6 @@ class ShardSample:
     path: Path
     rows: np.ndarray | None
 
-    def size(self, docs: int) -> int:
-        return docs if self.rows is None else len(self.rows)
-
 
 def sample_rows(src: Path, max_docs: int | None, seed: int) -> tuple[list[ShardSample], int]:
     """At most ``max_docs`` documents of a shard directory, chosen by a seeded hash of their ids.

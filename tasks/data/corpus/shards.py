@@ -25,11 +25,6 @@ def shard_paths(directory: Path) -> list[Path]:
     return sorted(Path(directory).glob(SHARD_GLOB))
 
 
-def count_docs(directory: Path) -> int:
-    """Number of documents, from the Parquet footers only (no data is read)."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in shard_paths(directory))
-
-
 def iter_doc_batches(directory: Path, batch_size: int = 1024) -> Iterator[tuple[list[str], list[str]]]:
     """Yield (ids, texts) batches over all shards of ``directory``, in document order."""
     paths = shard_paths(directory)
