@@ -68,7 +68,7 @@ def add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     sweep = sub.add_parser("sweep", help="run a family of configurations (Optuna) and gate the best")
     sweep.add_argument("--preset", required=True, help="preset name or .toml path the trials start from")
     sweep.add_argument("--space", required=True, help="search-space TOML, or a name in deployments/spaces")
-    sweep.add_argument("--trials", required=True, type=int, help="COMPLETE trials to reach")
+    sweep.add_argument("--trials", required=True, type=int, help="trials to finish (COMPLETE or PRUNED)")
     sweep.add_argument("--workdir", required=True, type=Path, help="where trials write and share stages")
     sweep.add_argument("--parallel", type=int, default=1, help="trials at once (default 1)")
     sweep.add_argument("--storage", help="Optuna storage URL (default: SQLite in <workdir>/sweep/)")
@@ -181,7 +181,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             workdir=str(args.workdir.resolve()), parallel=args.parallel, storage=args.storage,
             overrides=args.overrides,
         )  # fmt: skip
-    print(f"\nSweep {result.study_name}: {result.trials} trials, ranked on selection {result.metric}")
+    pruned = f" ({len(result.pruned_trials)} more pruned)" if result.pruned_trials else ""
+    print(f"\nSweep {result.study_name}: {result.trials} trials{pruned}, ranked on selection {result.metric}")
     print(result.table_markdown)
     print(f"\nBest trial {result.best_trial}: {result.best_params} (selection {result.metric} "
           f"{result.best_selection_value:.2f}); its dev-set scores, scored once:")  # fmt: skip

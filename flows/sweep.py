@@ -4,15 +4,19 @@
 2. open (or continue) the Optuna study and the sweep's MLflow parent run
 3. run trials, up to ``parallel`` at once through Prefect's task runner; each is a pipeline
    run (a child of the parent run) that reuses every stage it shares with earlier trials,
-   ranked on the selection split carved out of the training data
+   ranked on the selection split carved out of the training data; with a ``[pruning]``
+   table, a trial whose pre-training falls behind the median at an evaluation point stops
+   there and is recorded PRUNED
 4. score the best trial once on the dev sets and send it through the registry's gate
 5. publish the table and plots (files, MLflow, Prefect artifacts)
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import optuna
 from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
@@ -24,10 +28,20 @@ from tasks.run.pipeline_run import resolve_tracking_uri
 from tasks.store.artifact import Artifact
 from tasks.sweep import study as studies
 from tasks.sweep.publish import publish
-from tasks.sweep.report import TrialOutcome
-from tasks.sweep.session import TRIAL_TAG, supersede_trial_runs, sweep_session
-from tasks.sweep.space import SpaceError, check_space, read_space, resolve_space
-from tasks.sweep.trials import final_updates, objective, pretrain_flops, study_name, trial_updates
+from tasks.sweep.report import PrunedTrial, TrialOutcome
+from tasks.sweep.session import PRUNED_TAG, TRIAL_TAG, supersede_trial_runs, sweep_session, tag_trial_runs
+from tasks.sweep.space import SearchSpace, SpaceError, check_space, read_space, resolve_space
+from tasks.sweep.trials import (
+    final_updates,
+    objective,
+    pretrain_flops,
+    prune_link,
+    prune_sign,
+    study_name,
+    trial_updates,
+)
+
+log = logging.getLogger(__name__)
 
 
 class SweepResult(BaseModel):
@@ -36,6 +50,7 @@ class SweepResult(BaseModel):
     parent_run_id: str
     tracking_uri: str
     trials: int
+    pruned_trials: list[int]
     best_trial: int
     best_params: dict[str, object]
     best_selection_value: float
@@ -87,7 +102,7 @@ def sweep(
     with sweep_session(study, root, uri, base.tracking.experiment, f"sweep-{preset}", params) as run:
         pending = studies.left_over(study, space)
         supersede_trial_runs(run, [plan.number for plan in pending])
-        while (left := trials - len(studies.complete(study))) > 0:
+        while (left := trials - studies.finished(study)) > 0:
             batch = pending[: min(parallel, left)]
             pending = pending[len(batch) :]
             batch += [studies.ask(study, space) for _ in range(min(parallel, left) - len(batch))]
@@ -95,7 +110,8 @@ def sweep(
                 trial_task.submit(
                     trial_updates(space, plan.params), preset, overrides, str(root),
                     RunLink(parent_run_id=run.run_id, name=f"trial-{plan.number}",
-                            tags={TRIAL_TAG: str(plan.number)}),
+                            tags={TRIAL_TAG: str(plan.number)},
+                            pruning=prune_link(space, name, url, plan.number)),
                 )
                 for plan in batch
             ]  # fmt: skip
@@ -103,6 +119,11 @@ def sweep(
                 try:
                     result = future.result()
                     value = objective(result.summaries["pretrained"], space.metric)
+                except optuna.TrialPruned as exc:
+                    log.info("%s", exc)
+                    studies.prune(study, plan.number)
+                    tag_trial_runs(run, [plan.number], {PRUNED_TAG: str(exc)})
+                    continue
                 except BaseException:
                     studies.fail(study, plan.number)
                     raise
@@ -116,6 +137,11 @@ def sweep(
             TrialOutcome(t.number, dict(t.params), float(t.value), **_trial_attrs(study, t.number))
             for t in studies.complete(study)
         ]
+        if not outcomes:
+            raise RuntimeError(
+                f"sweep {name}: every trial was pruned, so none has a selection score to rank; "
+                "raise [pruning] startup_trials so the first trials always run to the end"
+            )
         best = study.best_trial
         final_config = load_config(preset, root, overrides, updates=final_updates(space, best.params))
         final = pipeline(
@@ -123,13 +149,23 @@ def sweep(
             link=RunLink(parent_run_id=run.run_id, name=f"best-trial-{best.number}-dev",
                          tags={"bertflow.sweep.best_trial": str(best.number)}),
         )  # fmt: skip
-        published = publish(space, outcomes, best.number, final, run, root / "sweep" / name)
+        stopped = [_pruned(t, space) for t in studies.pruned(study)]
+        published = publish(space, outcomes, best.number, final, run, root / "sweep" / name, stopped)
     return SweepResult(
         study_name=name, storage=url, parent_run_id=run.run_id, tracking_uri=uri, trials=len(outcomes),
+        pruned_trials=[t.number for t in stopped],
         best_trial=best.number, best_params=dict(best.params), best_selection_value=float(best.value),
         metric=space.metric, dev_scores=final.scores, registration=final.registration,
         table_markdown=published.markdown, files=[str(p) for p in published.files],
     )  # fmt: skip
+
+
+def _pruned(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> PrunedTrial:
+    """A PRUNED trial's last reported step and its figure there (the report's sign undone)."""
+    step = trial.last_step if trial.last_step is not None else 0
+    metric = space.pruning.metric if space.pruning else ""
+    value = prune_sign(space) * trial.intermediate_values.get(step, float("nan"))
+    return PrunedTrial(trial.number, dict(trial.params), step, metric, value)
 
 
 def _trial_attrs(study: studies.optuna.Study, number: int) -> dict[str, object]:

@@ -146,10 +146,13 @@ def completed(storage: Path) -> int:
             return 0
 
 
-def launch(workdir: Path, space: Path) -> subprocess.Popen:
-    sets = [f"--set={o}" for o in FAST]
+def launch(
+    workdir: Path, space: Path, trials: int = 6, parallel: int = 2, overrides: list[str] = FAST
+) -> subprocess.Popen:
+    sets = [f"--set={o}" for o in overrides]
     command = [sys.executable, "-m", "flows.cli", "sweep", "--preset", "tiny", "--space", str(space),
-               "--trials", "6", "--parallel", "2", "--workdir", str(workdir), *sets]  # fmt: skip
+               "--trials", str(trials), "--parallel", str(parallel), "--workdir", str(workdir),
+               *sets]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME")}
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)  # fmt: skip
@@ -257,3 +260,127 @@ seed = 3
 "finetune.train.max_steps" = {range = [10, 40], step = 10}
 "finetune.mixing" = ["proportional", "equal"]
 """
+
+
+PRUNING = """\
+[sweep]
+metric = "glue_avg"
+sampler = "grid"
+seed = {seed}
+selection_size = 20
+
+[params]
+"pretrain.train.lr" = [2e-3, 1e-7]
+
+[pruning]
+metric = "val_loss"
+startup_trials = 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("pruning", "message"),
+    [
+        ('metric = "val_mlm_accuracy"', "prune on one of"),
+        ("patience = 3", "unknown key"),
+        ("startup_trials = -1", "startup_trials must be an integer >= 0"),
+    ],
+)
+def test_bad_pruning_table_is_refused(tmp_path: Path, pruning: str, message: str) -> None:
+    text = f'[params]\n"pretrain.train.lr" = [1e-3, 2e-3]\n\n[pruning]\n{pruning}\n'
+    with pytest.raises(SpaceError, match=message):
+        read_space(write(tmp_path, text))
+
+
+def test_pruning_needs_a_pretraining_dimension_and_eval_points(tmp_path: Path) -> None:
+    with pytest.raises(SpaceError, match="no dimension is under pretrain"):
+        checked(tmp_path, GRID + "\n[pruning]\n")
+    no_evals = [o for o in FAST if not o.startswith("pretrain.train.eval_every")] + [
+        "pretrain.train.eval_every=0"
+    ]
+    space = read_space(write(tmp_path, PRUNING.format(seed=0)))
+    with pytest.raises(SpaceError, match="eval_every is 0"):
+        check_space(space, "tiny", tmp_path, no_evals)
+    assert space.pruning is not None and space.identity()["pruning"]["startup_trials"] == 1
+
+
+def test_trial_reporter_prunes_a_trial_behind_the_median_and_forwards_every_metric(tmp_path: Path) -> None:
+    from tasks.run.context import PruneLink
+    from tasks.run.pruning import TrialReporter
+    from tasks.sink import MemorySink
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    first = study.ask()
+    for step, loss in ((10, 5.0), (20, 4.0)):
+        first.report(-loss, step)
+    study.tell(first, 50.0)
+    link = PruneLink(storage=storage, study_name="s", trial_number=1, startup_trials=1)
+    study.ask()  # trial 1: ahead of trial 0 at step 10, behind it at step 20
+    inner = MemorySink()
+    reporter = TrialReporter(inner, link)
+    reporter.log_metrics({"loss": 7.0}, 5)  # a training step: not an evaluation point
+    reporter.log_metrics({"val_loss": 4.5}, 10)
+    with pytest.raises(optuna.TrialPruned, match=r"trial 1 pruned at step 20: val_loss 4\.2000"):
+        reporter.log_metrics({"val_loss": 4.2}, 20)
+    assert [s for s, _ in inner.history] == [5, 10, 20]  # forwarded before the decision
+    assert optuna.load_study(study_name="s", storage=storage).trials[1].intermediate_values == {
+        10: -4.5,
+        20: -4.2,
+    }
+    with pytest.raises(RuntimeError, match="no running trial 7"):
+        TrialReporter(inner, link.model_copy(update={"trial_number": 7}))
+
+
+def grid_seed_with_second(tmp_path: Path, space_text: str, lr: float) -> int:
+    """A grid seed whose second trial has ``lr`` (Optuna's grid order is a seeded permutation)."""
+    from tasks.sweep import study as studies
+
+    for seed in range(20):
+        space = read_space(write(tmp_path, space_text.format(seed=seed)))
+        study = optuna.create_study(sampler=studies.make_sampler(space), direction="maximize")
+        order = [studies.ask(study, space).params["pretrain.train.lr"] for _ in range(2)]
+        if order[1] == lr:
+            return seed
+    raise AssertionError("no grid seed in 0..19 puts that value second")
+
+
+@pytest.mark.slow
+def test_sweep_prunes_a_pretraining_trial_behind_the_median(tmp_path: Path) -> None:
+    """lr 1e-7 barely moves the encoder: at the first evaluation point (step 10) its validation
+    loss is above the completed trial's, so its pre-training stops there and the trial is PRUNED,
+    counted towards --trials and not ranked; the good trial is the best one and is scored on dev."""
+    workdir = tmp_path / "w"
+    space = write(tmp_path, PRUNING.format(seed=grid_seed_with_second(tmp_path, PRUNING, 1e-7)))
+    overrides = [o for o in FAST if not o.startswith("pretrain.train.max_steps")] + [
+        "pretrain.train.max_steps=40"
+    ]
+    proc = launch(workdir, space, trials=2, parallel=1, overrides=overrides)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{workdir / 'sweep' / 'optuna.db'}")
+    states = {t.params["pretrain.train.lr"]: t for t in study.trials}
+    assert states[2e-3].state.name == "COMPLETE" and states[1e-7].state.name == "PRUNED"
+    assert states[1e-7].last_step == 10 and states[2e-3].last_step == 40
+    finished = [d for d in (workdir / "pretrain").iterdir() if (d / "manifest.json").is_file()]
+    assert len(finished) == 1  # the pruned pre-training left nothing that looks finished
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bertflow").experiment_id
+    (pruned_run,) = client.search_runs([experiment], "tags.`bertflow.sweep.pruned` != ''")
+    assert pruned_run.data.tags[TRIAL_TAG] == str(states[1e-7].number)
+    assert "pruned at step 10" in pruned_run.data.tags["bertflow.sweep.pruned"]
+    (record,) = (workdir / "sweep").glob("*/sweep.json")
+    summary = json.loads(record.read_text())
+    assert [t["step"] for t in summary["pruned_trials"]] == [10] and summary["pruned_trials"][0]["value"] > 0
+    assert summary["best_params"] == {"pretrain.train.lr": 2e-3} and len(summary["trials"]) == 1
+    assert "pruned at step 10" in (record.parent / "trials.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["finetune-lr-batch", "pretrain-lr-mask"])
+def test_shipped_spaces_check_against_the_tiny_preset(tmp_path: Path, name: str) -> None:
+    from tasks.sweep.space import resolve_space
+
+    space = read_space(resolve_space(name))
+    check_space(space, "tiny", tmp_path)
+    assert (space.pruning is not None) == (name == "pretrain-lr-mask")

@@ -87,16 +87,22 @@ def run_torchrun(command: Sequence[str], metrics_file: Path, sink: MetricSink, p
     """Run ``command``, relaying metrics until it exits; raise on failure or on SIGTERM."""
     process = subprocess.Popen(list(command))
     offset = 0
-    with termination_signals() as received:
-        while process.poll() is None:
-            offset = relay(metrics_file, offset, sink)
-            if received:
-                log.warning("forwarding SIGTERM to torchrun (pid %d)", process.pid)
-                process.terminate()
-                process.wait()
-                relay(metrics_file, offset, sink)
-                raise TrainingInterrupted(-1, received[0])
-            time.sleep(poll_s)
+    try:
+        with termination_signals() as received:
+            while process.poll() is None:
+                offset = relay(metrics_file, offset, sink)
+                if received:
+                    log.warning("forwarding SIGTERM to torchrun (pid %d)", process.pid)
+                    process.terminate()
+                    process.wait()
+                    relay(metrics_file, offset, sink)
+                    raise TrainingInterrupted(-1, received[0])
+                time.sleep(poll_s)
+    except BaseException:  # the sink raised (a pruned sweep trial, a tracking error): stop the ranks too
+        if process.poll() is None:
+            process.terminate()
+            process.wait()
+        raise
     relay(metrics_file, offset, sink)
     if process.returncode != 0:
         raise RuntimeError(f"torchrun exited with status {process.returncode}: {' '.join(command)}")

@@ -7,6 +7,26 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 
+class PruneLink(BaseModel):
+    """The Optuna trial a sweep trial's pre-training reports to, so a hopeless one stops early.
+
+    ``sign`` turns the metric into the study's sense of better: -1 for a loss under a
+    maximised objective. The pruner's settings travel here because Optuna keeps the pruner
+    on the study object, not in its storage.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    storage: str
+    study_name: str
+    trial_number: int
+    stage: str = "pretrain"
+    metric: str = "val_loss"
+    sign: float = -1.0
+    startup_trials: int = 2
+    warmup_steps: int = 0
+
+
 class RunLink(BaseModel):
     """Where a pipeline run hangs in MLflow when another run drives it (a sweep's trials)."""
 
@@ -15,6 +35,7 @@ class RunLink(BaseModel):
     parent_run_id: str
     name: str
     tags: dict[str, str] = {}
+    pruning: PruneLink | None = None  # a sweep trial whose pre-training may be pruned
 
 
 class StageContext(BaseModel):
@@ -26,6 +47,7 @@ class StageContext(BaseModel):
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    pruning: PruneLink | None = None  # set for a sweep trial (its link's), read by the stage contract
 
     @property
     def path(self) -> Path:

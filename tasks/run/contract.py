@@ -26,8 +26,10 @@ from tasks.procs import identity
 from tasks.progress import TerminalSink
 from tasks.run.context import StageContext
 from tasks.run.prefect_io import PrefectProgress, publish_stage_summary, retry_on_io
+from tasks.run.pruning import TrialReporter
 from tasks.run.run_record import FAILED, KILLED, RAN, REUSED, StageEntry, record_stage
 from tasks.run.shard_tasks import PrefectShardMap
+from tasks.sink import MetricSink
 from tasks.store.artifact import Artifact
 from tasks.store.digest import json_digest
 from tasks.store.stage import Stage
@@ -120,7 +122,9 @@ def tracked_stage(
     ):
         entry.mlflow_run_id = run_id
         tracker.log_params(run_id, cfg.model_dump(mode="json"))
-        sink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(name), terminal)
+        sink: MetricSink = StageSink(MlflowSink(tracker, run_id), PrefectProgress(name), terminal)
+        if ctx.pruning is not None and ctx.pruning.stage == stage.name:
+            sink = TrialReporter(sink, ctx.pruning)  # a sweep trial: hopeless pre-training stops early
         destination = ctx.tracking_uri if stage.needs_destination else None
         artifact = stage(
             cfg,

@@ -65,7 +65,10 @@ def pipeline_session(
         experiment_id = tracker.experiment(config.tracking.experiment, artifact_root)
         close_orphans(tracker, experiment_id, str(workdir), is_alive)
     flow_run_id = str(runtime.flow_run.id) if in_prefect_run() else ""
-    ctx = StageContext(workdir=str(workdir), tracking_uri=uri, experiment_id=experiment_id, parent_run_id="")
+    ctx = StageContext(
+        workdir=str(workdir), tracking_uri=uri, experiment_id=experiment_id, parent_run_id="",
+        pruning=link.pruning if link else None,
+    )  # fmt: skip
     tags = {"bertflow.preset": config.preset, "prefect.flow_run_id": flow_run_id or "none", **run_tags(ctx)}
     name, parent = (link.name, link.parent_run_id) if link else (f"pipeline-{config.preset}", None)
     tags |= link.tags if link else {}

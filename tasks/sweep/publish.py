@@ -1,7 +1,8 @@
 """A finished sweep's results: files in the workdir, the same on the MLflow parent run, and Prefect artifacts.
 
 ``<workdir>/sweep/<study>/`` gets ``trials.md`` (the table), ``sweep.json`` (every trial, the
-best one's values, its selection score and its dev scores, scored once) and the two plots.
+pruned ones with the step they stopped at, the best one's values, its selection score and its
+dev scores, scored once) and the two plots.
 The directory is written beside and renamed into place, so a killed sweep never leaves a
 half-written one.
 """
@@ -19,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from registry.tracking import Tracker
 from tasks.run.prefect_io import in_prefect_run, inline_pngs
-from tasks.sweep.report import TrialOutcome, markdown, plot_budget, plot_parallel, table_rows
+from tasks.sweep.report import PrunedTrial, TrialOutcome, markdown, plot_budget, plot_parallel, table_rows
 from tasks.sweep.session import SweepRun
 from tasks.sweep.space import SearchSpace
 
@@ -32,9 +33,10 @@ class Published:
 
 
 def write_files(
-    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: TrialOutcome, final: Any, out: Path
-) -> Published:
-    rows = table_rows(space, outcomes, best.number)
+    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: TrialOutcome, final: Any, out: Path,
+    pruned: Sequence[PrunedTrial] = (),
+) -> Published:  # fmt: skip
+    rows = table_rows(space, outcomes, best.number, pruned)
     table = markdown(rows)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -42,7 +44,8 @@ def write_files(
     (tmp / "trials.md").write_text(table + "\n")
     record = {
         "metric": space.metric, "direction": space.direction, "selection": space.selection.model_dump(),
-        "trials": [asdict(o) for o in outcomes], "best_trial": best.number, "best_params": best.params,
+        "trials": [asdict(o) for o in outcomes], "pruned_trials": [asdict(t) for t in pruned],
+        "best_trial": best.number, "best_params": best.params,
         "best_selection_value": best.value,
         "best_dev_summary": final.summaries["pretrained"],
         "best_dev_run_id": final.parent_run_id,
@@ -58,10 +61,11 @@ def write_files(
 
 
 def publish(
-    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int, final: Any, run: SweepRun, out: Path
-) -> Published:
+    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int, final: Any, run: SweepRun, out: Path,
+    pruned: Sequence[PrunedTrial] = (),
+) -> Published:  # fmt: skip
     best_outcome = next(o for o in outcomes if o.number == best)
-    published = write_files(space, outcomes, best_outcome, final, out)
+    published = write_files(space, outcomes, best_outcome, final, out, pruned)
     tracker = Tracker(run.tracking_uri)
     tracker.log_files(run.run_id, published.files, artifact_path="sweep")
     dev = {f"best_dev/{k}": v for k, v in final.summaries["pretrained"].items()}

@@ -33,12 +33,25 @@ class TrialOutcome:
     run_id: str
 
 
+@dataclass(frozen=True)
+class PrunedTrial:
+    """A trial stopped during pre-training: where, and the figure it was stopped on."""
+
+    number: int
+    params: dict[str, Any]
+    step: int
+    metric: str
+    value: float
+
+
 def _shown(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def table_rows(space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int) -> list[dict[str, str]]:
-    """One row per trial, best first marked with ``*``; values as the space wrote them."""
+def table_rows(
+    space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int, pruned: Sequence[PrunedTrial] = ()
+) -> list[dict[str, str]]:
+    """One row per trial, best first marked with ``*``, pruned ones last; values as the space wrote them."""
     rows = []
     reverse = space.direction == "maximize"
     for o in sorted(outcomes, key=lambda o: o.value, reverse=reverse):
@@ -46,6 +59,11 @@ def table_rows(space: SearchSpace, outcomes: Sequence[TrialOutcome], best: int) 
         row |= {p.path: _shown(o.params[p.path]) for p in space.params}
         row[f"selection {space.metric}"] = f"{o.value:.2f}"
         row["pretrain FLOPs"] = f"{o.pretrain_flops:.3g}"
+        rows.append(row)
+    for t in sorted(pruned, key=lambda t: t.number):
+        row = {"trial": str(t.number), **{p.path: _shown(t.params[p.path]) for p in space.params}}
+        row[f"selection {space.metric}"] = f"pruned at step {t.step} ({t.metric} {t.value:.3f})"
+        row["pretrain FLOPs"] = "-"
         rows.append(row)
     return rows
 

@@ -27,6 +27,7 @@ from tasks.store.locks import workdir_lock
 RUN_ATTR = "mlflow_parent_run_id"
 TRIAL_TAG = "bertflow.sweep.trial"
 SUPERSEDED_TAG = "bertflow.sweep.superseded"
+PRUNED_TAG = "bertflow.sweep.pruned"  # its value says at which step and why
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,10 @@ def sweep_session(
             yield SweepRun(tracking_uri, experiment_id, run_id)
 
 
-def supersede_trial_runs(sweep_run: SweepRun, numbers: Collection[int]) -> list[str]:
-    """Tag the parent's earlier runs of the trials ``numbers`` superseded; the ids tagged.
+def tag_trial_runs(sweep_run: SweepRun, numbers: Collection[int], tags: dict[str, str]) -> list[str]:
+    """Set ``tags`` on the parent's live (not superseded) runs of the trials ``numbers``; the ids tagged.
 
-    One search over the parent's children for all of them. The runs are kept, not deleted:
-    stages the rerun reuses name them as their lineage.
+    One search over the parent's children for all of them.
     """
     if not numbers:
         return []
@@ -88,7 +88,15 @@ def supersede_trial_runs(sweep_run: SweepRun, numbers: Collection[int]) -> list[
         for r in children
         if r.data.tags.get(TRIAL_TAG) in wanted and SUPERSEDED_TAG not in r.data.tags
     ]
-    reason = "the sweep was stopped before recording this trial; it ran again"
     for run_id in ids:
-        tracker.set_tags(run_id, {SUPERSEDED_TAG: reason})
+        tracker.set_tags(run_id, tags)
     return ids
+
+
+def supersede_trial_runs(sweep_run: SweepRun, numbers: Collection[int]) -> list[str]:
+    """Tag the parent's earlier runs of the trials ``numbers`` superseded; the ids tagged.
+
+    The runs are kept, not deleted: stages the rerun reuses name them as their lineage.
+    """
+    reason = "the sweep was stopped before recording this trial; it ran again"
+    return tag_trial_runs(sweep_run, numbers, {SUPERSEDED_TAG: reason})

@@ -13,6 +13,11 @@
     "pretrain.train.lr" = {log_range = [1e-4, 1e-3]}
     "pretrain.mask_prob" = {range = [0.1, 0.3]}   # ints on both ends: an integer range; step = ...
 
+    [pruning]                  # optional: stop a trial whose pre-training falls behind
+    metric = "val_loss"        # a pre-training evaluation figure, lower is better
+    startup_trials = 2         # trials that always run to the end first
+    warmup_steps = 0           # pre-training steps before a trial can be pruned
+
 A parameter is any ``section.field`` of the pipeline config, quoted or as nested tables.
 Every error names the file, the key and, where it can be found, the line.
 """
@@ -48,6 +53,7 @@ SWEEP_OWNED = (
 
 
 DEFAULT_SELECTION = SelectionSplit()
+PRUNE_METRICS = ("val_loss", "val_perplexity")  # pre-training figures where lower is better
 SPACES = resources.files("deployments") / "spaces"
 
 
@@ -94,6 +100,15 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Pruning:
+    """Median pruning of pre-training (Optuna's MedianPruner) on a validation figure."""
+
+    metric: str = "val_loss"
+    startup_trials: int = 2
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     source: str
     params: tuple[Param, ...]
@@ -102,6 +117,7 @@ class SearchSpace:
     sampler: Literal["grid", "tpe"] = "grid"
     seed: int = 0
     selection: SelectionSplit = DEFAULT_SELECTION
+    pruning: Pruning | None = None
 
     def grid(self) -> dict[str, list[Scalar]]:
         return {p.path: list(p.values) for p in self.params}
@@ -114,6 +130,7 @@ class SearchSpace:
         return {
             "params": [p.__dict__ for p in self.params], "metric": self.metric, "direction": self.direction,
             "sampler": self.sampler, "seed": self.seed, "selection": self.selection.model_dump(),
+            **({"pruning": self.pruning.__dict__} if self.pruning else {}),
         }  # fmt: skip
 
     def digest(self) -> str:
@@ -187,9 +204,11 @@ def read_space(path: Path) -> SearchSpace:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpaceError(f"{path}: invalid TOML: {exc}") from exc
-    unknown = set(raw) - {"sweep", "params"}
+    unknown = set(raw) - {"sweep", "params", "pruning"}
     if unknown:
-        raise SpaceError(f"{path}: unknown table(s) {sorted(unknown)}; a space has [sweep] and [params]")
+        raise SpaceError(
+            f"{path}: unknown table(s) {sorted(unknown)}; a space has [sweep], [params] and maybe [pruning]"
+        )
     params = tuple(
         parse_param(key, spec, f"{path}: params.{key}{_line_of(text, key)}")
         for key, spec in _leaves(raw.get("params", {}))
@@ -200,8 +219,11 @@ def read_space(path: Path) -> SearchSpace:
     selection = {k: settings.pop(f"selection_{k}") for k in ("size", "seed") if f"selection_{k}" in settings}
     try:
         space = SearchSpace(
-            source=str(path), params=params, selection=SelectionSplit(**selection), **settings
-        )
+            source=str(path), params=params, selection=SelectionSplit(**selection),
+            pruning=read_pruning(raw["pruning"], f"{path}: [pruning]{_line_of(text, '[pruning]')}")
+            if "pruning" in raw else None,
+            **settings,
+        )  # fmt: skip
     except (TypeError, ValidationError) as exc:
         raise SpaceError(f"{path}: [sweep]: {exc}") from exc
     if space.direction not in ("maximize", "minimize") or space.sampler not in ("grid", "tpe"):
@@ -212,6 +234,39 @@ def read_space(path: Path) -> SearchSpace:
             f"{path}: the grid sampler needs a list of values for every parameter; ranges: {ranges}"
         )
     return space
+
+
+def read_pruning(table: Any, where: str) -> Pruning:
+    """The ``[pruning]`` table: known keys, a lower-is-better figure, counts that are not negative."""
+    if not isinstance(table, dict):
+        raise SpaceError(f"{where}: expected a table")
+    known = list(Pruning.__dataclass_fields__)
+    if unknown := set(table) - set(known):
+        raise SpaceError(f"{where}: unknown key(s) {sorted(unknown)}; known: {known}")
+    pruning = Pruning(**table)
+    if pruning.metric not in PRUNE_METRICS:
+        raise SpaceError(f"{where}: metric {pruning.metric!r}: prune on one of {list(PRUNE_METRICS)}")
+    for key in ("startup_trials", "warmup_steps"):
+        value = getattr(pruning, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SpaceError(f"{where}: {key} must be an integer >= 0, got {value!r}")
+    return pruning
+
+
+def check_pruning(space: SearchSpace, config: PipelineConfig) -> None:
+    """Pruning needs trials whose pre-training differs and reports before its end."""
+    if space.pruning is None:
+        return
+    if not any(p.path.startswith("pretrain.") for p in space.params):
+        raise SpaceError(
+            f"{space.source}: [pruning]: no dimension is under pretrain.*, so every trial shares one "
+            "pre-training and there is nothing to prune"
+        )
+    if config.pretrain.train.eval_every <= 0:
+        raise SpaceError(
+            f"{space.source}: [pruning]: pretrain.train.eval_every is 0 in the preset, so pre-training "
+            "reports only at its end; set it (e.g. --set pretrain.train.eval_every=200)"
+        )
 
 
 def check_metric(space: SearchSpace, config: PipelineConfig) -> None:
@@ -255,6 +310,7 @@ def check_space(
         if all(c == base for c in configs):
             raise SpaceError(f"{where}: every value equals the preset's: this dimension changes nothing")
     check_metric(space, base)
+    check_pruning(space, base)
     return base
 
 

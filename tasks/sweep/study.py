@@ -5,7 +5,7 @@ server), named by the preset, overrides and search space, so the same command on
 workdir continues the same study. A sweep holds the workdir's sweep lock while it runs;
 trials that are RUNNING when the next sweep takes the lock were left by a killed process
 and are run again under their own number and parameters. A trial that FAILED is asked
-again with the same parameters. COMPLETE trials are never redone.
+again with the same parameters. COMPLETE and PRUNED trials are never redone.
 """
 
 from __future__ import annotations
@@ -63,6 +63,20 @@ def open_study(space: SearchSpace, name: str, storage: str) -> optuna.Study:
 
 def complete(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def pruned(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count towards ``--trials``: COMPLETE ones and PRUNED ones (never redone)."""
+    return len(complete(study)) + len(pruned(study))
+
+
+def prune(study: optuna.Study, number: int) -> None:
+    """Mark a trial PRUNED (its pre-training fell behind the median): it is not asked again."""
+    study.tell(number, state=TrialState.PRUNED)
 
 
 def fail(study: optuna.Study, number: int) -> None:

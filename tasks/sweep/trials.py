@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tasks.run.config import PipelineConfig
+from tasks.run.context import PruneLink
 from tasks.store.digest import json_digest
 from tasks.sweep.space import SearchSpace
 
@@ -24,6 +25,23 @@ def trial_updates(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, An
         **params, "finetune.hold_out": held_out, "evaluate.split": "selection",
         "evaluate.selection": held_out, "registry.enabled": False, "baseline_random_init": False,
     }  # fmt: skip
+
+
+def prune_sign(space: SearchSpace) -> float:
+    """Pre-training figures are losses; under a maximised objective they are reported negated,
+    so Optuna's "better" (the study's direction) agrees with "lower loss"."""
+    return -1.0 if space.direction == "maximize" else 1.0
+
+
+def prune_link(space: SearchSpace, study_name: str, storage: str, number: int) -> PruneLink | None:
+    """What trial ``number``'s pre-training reports to (None when the space does not prune)."""
+    if space.pruning is None:
+        return None
+    return PruneLink(
+        storage=storage, study_name=study_name, trial_number=number, metric=space.pruning.metric,
+        sign=prune_sign(space),
+        startup_trials=space.pruning.startup_trials, warmup_steps=space.pruning.warmup_steps,
+    )  # fmt: skip
 
 
 def final_updates(space: SearchSpace, params: Mapping[str, Any]) -> dict[str, Any]:
