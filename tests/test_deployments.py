@@ -24,7 +24,7 @@ def schema_properties() -> dict:
 
 def test_form_fields_are_flat_typed_and_described() -> None:
     props = schema_properties()
-    assert props["preset"]["enum"] == ["tiny", "t5-tiny", "small", "base"]
+    assert props["preset"]["enum"] == ["tiny", "t5-tiny", "cpu-15m", "small", "t5-small", "base"]
     for name, prop in props.items():
         assert prop.get("description"), f"{name} has no description for the form"
         assert "object" not in {t.get("type") for t in prop.get("anyOf", [prop])}, f"{name} is a JSON blob"

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.run.config import PipelineConfig, load_config, preset_names
 
-PresetName = Literal["tiny", "t5-tiny", "small", "base"]
+PresetName = Literal["tiny", "t5-tiny", "cpu-15m", "small", "t5-small", "base"]
 assert set(get_args(PresetName)) == set(preset_names()), "PresetName must list deployments/presets/*.toml"
 
 # flat field -> the preset's section.field it overrides (None = keep the preset's value)
@@ -50,7 +50,8 @@ class PipelineParameters(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     preset: PresetName = Field(
-        "tiny", description="Preset in deployments/presets: tiny (demo), t5-tiny (T5 demo), small, base."
+        "tiny",
+        description="Preset in deployments/presets: tiny, t5-tiny (demos), cpu-15m, small, t5-small, base.",
     )
     workdir: str = Field(
         min_length=1, description="Working directory: stage outputs are reused from here across runs."
