@@ -168,3 +168,32 @@ def read_cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_sink_that_raises_stops_the_launched_ranks(tmp_path: Path) -> None:
+    """A pruned sweep trial (or a tracking error) raises in the launcher's relay: the job it
+    launched must not keep training on its own."""
+    from tasks.engine.launch import run_torchrun
+
+    metrics, pid_file = tmp_path / "metrics.jsonl", tmp_path / "pid"
+    child = (
+        "import json, os, sys, time; open(sys.argv[2], 'w').write(str(os.getpid())); "
+        "open(sys.argv[1], 'a').write(json.dumps({'step': 1, 'metrics': {'val_loss': 9.0}}) + '\\n'); "
+        "time.sleep(60)"
+    )
+
+    class Stop(Exception):
+        pass
+
+    class Raising(MemorySink):
+        def log_metrics(self, metrics, step):  # type: ignore[no-untyped-def]
+            raise Stop("pruned")
+
+    start = time.monotonic()
+    with pytest.raises(Stop):
+        command = [sys.executable, "-c", child, str(metrics), str(pid_file)]
+        run_torchrun(command, metrics, Raising(), poll_s=0.05)
+    assert time.monotonic() - start < 30
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # terminated and reaped
+        os.kill(pid, 0)
