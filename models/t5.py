@@ -9,7 +9,9 @@ What makes it T5 rather than BERT, each a choice of the paper:
   computed by the first block and shared by the others; none in cross-attention;
 - no 1/sqrt(d) scaling of the scores: the initialisation folds it into the query weights;
 - gated-GELU feed-forward (v1.1): GELU(x W0) * (x W1), then Wo;
-- an output layer of its own (v1.1 does not tie it to the embedding).
+- an output layer of its own (v1.1 does not tie it to the embedding); ``tie_embeddings``
+  gives T5 v1.0's instead: the logits are the embedding applied to the decoder output scaled
+  by d_model^-0.5, so predicting a word also trains how that word is read.
 
 Attention runs through ``F.scaled_dot_product_attention`` with the position bias as its
 additive mask, except on CPU in bf16 at short lengths or with attention dropout, where the
@@ -206,7 +208,7 @@ class T5ForConditionalGeneration(nn.Module):
         self.decoder_bias = PositionBias(cfg, bidirectional=False)
         self.decoder_blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.num_decoder_layers))
         self.decoder_norm = RMSNorm(cfg.d_model, cfg.layer_norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.dropout = Dropout(cfg.dropout)
         self.apply(self._init)
 
@@ -226,7 +228,8 @@ class T5ForConditionalGeneration(nn.Module):
             nn.init.normal_(module.embedding.weight, std=d**-0.5)
         elif module is self:
             nn.init.normal_(self.embedding.weight, std=1.0)
-            nn.init.normal_(self.lm_head.weight, std=d**-0.5)
+            if self.lm_head is not None:
+                nn.init.normal_(self.lm_head.weight, std=d**-0.5)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """(B, S) ids -> (B, S, d_model) encoder states."""
@@ -256,7 +259,13 @@ class T5ForConditionalGeneration(nn.Module):
             x = block(x, self_bias, encoded, cross_bias, cache, index)
         if cache is not None:
             cache.length += T
-        return self.lm_head(self.dropout(self.decoder_norm(x)))
+        return self.logits(self.dropout(self.decoder_norm(x)))
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Vocabulary logits of final decoder states: the output layer, or (tied, v1.0) the embedding."""
+        if self.lm_head is None:
+            return F.linear(x * self.cfg.d_model**-0.5, self.embedding.weight)
+        return self.lm_head(x)
 
     def shift_right(self, labels: Tensor) -> Tensor:
         """Teacher forcing: decoder inputs are the targets one step late, starting from decoder_start_id."""

@@ -46,6 +46,7 @@ class T5Config:
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0  # decoding starts from <pad>, as in T5
+    tie_embeddings: bool = False  # T5 v1.0: the output layer is the embedding (v1.1: its own)
 
     def __post_init__(self) -> None:
         for name in (

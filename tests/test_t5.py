@@ -3,6 +3,7 @@ transformers' T5ForConditionalGeneration with the same logits and the same greed
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,13 @@ def hf_greedy(theirs: object, ids: torch.Tensor, mask: torch.Tensor, steps: int)
     return out[:, 1:].tolist()
 
 
-def test_export_loads_in_transformers_with_the_same_logits_and_greedy_outputs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tied", [False, True], ids=["v1.1-own-output-layer", "v1.0-tied-embedding"])
+def test_export_loads_in_transformers_with_the_same_logits_and_greedy_outputs(
+    tmp_path: Path, tied: bool
+) -> None:
     transformers = pytest.importorskip("transformers")
-    net, (ids, mask) = model(), batch()
+    net, (ids, mask) = model(cfg=replace(CFG, tie_embeddings=tied)), batch()
+    assert (net.lm_head is None) == tied and ("lm_head.weight" in net.state_dict()) != tied
     theirs = transformers.T5ForConditionalGeneration.from_pretrained(write_hf(tmp_path, net)).eval()
     labels = torch.randint(2, CFG.vocab_size, (3, 7), generator=torch.Generator().manual_seed(6))
     ours_logits, ours_loss = net(ids, mask, labels=labels)

@@ -34,7 +34,8 @@ BIAS = "block.0.layer.0.SelfAttention.relative_attention_bias.weight"  # the fir
 def t5_names(cfg: T5Config) -> Iterator[tuple[str, str]]:
     """(our parameter name, transformers' parameter name) for every weight of the model."""
     yield "embedding.weight", "shared.weight"
-    yield "lm_head.weight", "lm_head.weight"
+    if not cfg.tie_embeddings:  # tied (v1.0): transformers' lm_head is its shared embedding
+        yield "lm_head.weight", "lm_head.weight"
     for stack, depth, block in (
         ("encoder", cfg.num_layers, ENCODER_BLOCK),
         ("decoder", cfg.num_decoder_layers, DECODER_BLOCK),
@@ -80,7 +81,7 @@ def hf_t5_config(cfg: T5Config) -> dict[str, object]:
         "dropout_rate": cfg.dropout,
         "layer_norm_epsilon": cfg.layer_norm_eps,
         "feed_forward_proj": "gated-gelu",
-        "tie_word_embeddings": False,
+        "tie_word_embeddings": cfg.tie_embeddings,  # True: decoder outputs scaled by d_model^-0.5
         "pad_token_id": cfg.pad_id,
         "eos_token_id": cfg.eos_id,
         "decoder_start_token_id": cfg.decoder_start_id,

@@ -71,6 +71,9 @@ class T5Shape(BaseModel):
     d_kv: int | None = Field(None, ge=4, le=1024, description="Override the width of one attention head.")
     d_ff: int | None = Field(None, ge=8, le=32768, description="Override the gated FFN's width.")
     dropout: float = Field(0.0, ge=0.0, le=0.9, description="Dropout (T5 v1.1 pre-trains without).")
+    tie_embeddings: bool = Field(
+        False, description="T5 v1.0's output layer: the embedding itself, on outputs scaled by d_model^-0.5."
+    )
 
     def t5_config(self, *, vocab_size: int, pad_id: int, eos_id: int) -> T5Config:
         """The model's config: this shape on the packed data's vocabulary; decoding starts from <pad>."""
