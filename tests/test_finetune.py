@@ -210,6 +210,8 @@ def test_finetune_tiny_tasks_loss_falls(tmp_path: Path) -> None:
 def test_config_rejects_incompatible_transfer_options() -> None:
     with pytest.raises(ValueError, match="exclude each other"):
         finetune_cfg(data_dir="x", freeze_encoder=True, unfreeze_every=10)
+    with pytest.raises(ValueError, match="freeze_embeddings and unfreeze_every"):
+        finetune_cfg(data_dir="x", freeze_embeddings=True, unfreeze_every=10)
     with pytest.raises(ValueError, match="needs mode='multitask'"):
         finetune_cfg(data_dir="x", mode="single", then_single_steps=5)
     with pytest.raises(ValueError, match="distinct"):
@@ -348,3 +350,14 @@ def test_ner_trains_in_the_mixture_and_is_scored_at_entity_level(tiny_setup: tup
     assert {"precision", "recall", "f1", "repaired_tags", "LOC_support"} <= set(scores)
     assert report["dev_examples"]["WikiANN-en"] == {"dev.conll": 24}
     assert report["glue_avg_name"] == "glue_avg[SST-2]"  # NER is reported, not averaged into GLUE
+
+
+def test_frozen_word_embeddings_keep_their_pretrained_values(tiny_setup: tuple[Path, Artifact]) -> None:
+    root, checkpoint = tiny_setup
+    before = read_weights(checkpoint.dir)
+    out = finetune(small_cfg(root / "data", freeze_embeddings=True, max_steps=4), checkpoint,
+                   workdir=root / "work", sink=MemorySink())  # fmt: skip
+    after = read_weights(out.dir)
+    word = "encoder.embeddings.word.weight"
+    assert torch.equal(after[word], before[word])  # no step, no weight decay
+    assert not torch.equal(after["encoder.layers.0.ffn.up.weight"], before["encoder.layers.0.ffn.up.weight"])

@@ -12,7 +12,7 @@ import torch
 from configs import finetune_cfg
 from test_finetune import write_synthetic_tasks
 
-from models.io import load_t5, read_config, save_checkpoint
+from models.io import load_t5, read_config, read_weights, save_checkpoint
 from models.t5 import T5ForConditionalGeneration
 from models.t5_config import T5Config
 from tasks.data.ingest import IngestConfig, ingest
@@ -187,3 +187,13 @@ def test_a_fine_tuned_t5_exports_and_transformers_writes_the_same_answers(t5_che
                                  max_new_tokens=6, do_sample=False, num_beams=1, use_cache=False)  # fmt: skip
     assert (logits - out.logits).abs().max() <= 1e-4
     assert ours.generate(batch["input_ids"], batch["attention_mask"], 6).tolist() == hf_ids[:, 1:].tolist()
+
+
+def test_frozen_shared_embedding_stays_as_pretrained_in_a_t5(t5_checkpoint, tmp_path: Path) -> None:
+    checkpoint, data = t5_checkpoint
+    cfg = finetune_cfg(data_dir=str(data), tasks=("SST-2",), batch_size=8, max_seq_len=64, max_steps=3,
+                       freeze_embeddings=True)  # fmt: skip
+    tuned = finetune(cfg, checkpoint, workdir=tmp_path, sink=MemorySink())
+    before, after = read_weights(checkpoint.dir), read_weights(tuned.dir)
+    assert torch.equal(after["embedding.weight"], before["embedding.weight"])
+    assert not torch.equal(after["lm_head.weight"], before["lm_head.weight"])

@@ -54,6 +54,7 @@ class FinetuneFamily(Protocol):
     def objective(self, tasks: Sequence[str], specs: dict[str, TaskSpec]) -> MultiTaskObjective: ...
     def param_groups(self, model: nn.Module, cfg: FinetuneConfig) -> list[dict[str, Any]]: ...
     def step_hook(self, cfg: FinetuneConfig) -> StepHook | None: ...
+    def word_embeddings(self, model: nn.Module) -> nn.Parameter: ...
     def extra_config(self, cfg: FinetuneConfig) -> dict[str, Any]: ...
 
 
@@ -109,6 +110,9 @@ class Heads:
             return FrozenEncoder()
         return GradualUnfreezing(cfg.unfreeze_every) if cfg.unfreeze_every else None
 
+    def word_embeddings(self, model: nn.Module) -> nn.Parameter:
+        return model.encoder.embeddings.word.weight
+
     def extra_config(self, cfg: FinetuneConfig) -> dict[str, Any]:
         return {}
 
@@ -160,6 +164,9 @@ class TextToText:
 
     def step_hook(self, cfg: FinetuneConfig) -> StepHook | None:
         return None
+
+    def word_embeddings(self, model: nn.Module) -> nn.Parameter:
+        return model.embedding.weight  # shared by the encoder's and the decoder's inputs
 
     def extra_config(self, cfg: FinetuneConfig) -> dict[str, Any]:
         """Recorded in the fine-tuned checkpoint, so scoring formats inputs as training did."""

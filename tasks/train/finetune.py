@@ -134,6 +134,8 @@ def train_run(
         plan.family.collate,
     )
     objective = plan.family.objective(tasks, {s.name: s for s in plan.specs})
+    if plan.cfg.freeze_embeddings:  # no grad: AdamW skips them, weight decay included
+        plan.family.word_embeddings(model).requires_grad_(False)
     result = fit(
         model,
         objective,

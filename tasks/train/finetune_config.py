@@ -74,6 +74,11 @@ class FinetuneConfig(BaseModel):
         le=10**7,
         description="Gradual unfreezing: heads first, one more layer (top first) every N steps (0: off).",
     )
+    freeze_embeddings: bool = Field(
+        False,
+        description="Keep the word embeddings as pre-trained: words fine-tuning never shows stay where "
+        "pre-training put them relative to the words it moves.",
+    )
     pooling: Pooling = Field(
         "cls",
         description="Sentence-level heads read [CLS] (BERT) or the mean of the non-padding token states.",
@@ -118,6 +123,8 @@ class FinetuneConfig(BaseModel):
     def _compatible(self) -> FinetuneConfig:
         if self.freeze_encoder and self.unfreeze_every:
             raise ValueError("freeze_encoder and unfreeze_every > 0 exclude each other")
+        if self.freeze_embeddings and self.unfreeze_every:
+            raise ValueError("freeze_embeddings and unfreeze_every > 0 exclude each other")
         if self.then_single_steps and self.mode != "multitask":
             raise ValueError("then_single_steps continues a multi-task model: it needs mode='multitask'")
         return self
