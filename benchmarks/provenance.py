@@ -65,12 +65,26 @@ def memory_gb() -> float | None:
         return None
 
 
+def cpu_bf16() -> dict | None:
+    """The CPU's vector level and bf16 matrix instructions as torch sees them (None without torch):
+    a bf16 figure from a CPU without them measures PyTorch's slow fallback matmul, not a model."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    probe = {name: getattr(torch.cpu, f"_is_{name}_supported", None) for name in ("avx512_bf16", "amx_tile")}
+    return {"capability": torch.backends.cpu.get_cpu_capability()} | {
+        name: (bool(fn()) if fn is not None else None) for name, fn in probe.items()
+    }
+
+
 def machine() -> dict:
-    """Platform, CPU model and count, memory, and the load average (the box is shared)."""
+    """Platform, CPU model and count, bf16 support, memory, and the load average (the box is shared)."""
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu_bf16": cpu_bf16(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gb": memory_gb(),

@@ -487,3 +487,24 @@ def test_rms_scaled_runs_resume_on_the_uninterrupted_trajectory(tmp_path: Path) 
     assert result.resumed_from == 3
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about(
+    has_bf16: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both probes report the CPU's bf16 instructions; the loop warns (and still trains) only without."""
+    from tasks.engine import device as device_module
+
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda has=has_bf16: has, raising=False)
+    cpu = torch.device("cpu")
+    assert device_module.native_bf16(cpu) is has_bf16
+    assert device_module.precision_warning(cpu, "fp32") is None
+    cfg = TrainSettings(max_steps=2, lr=1e-3, precision="bf16", log_every=1)
+    with caplog.at_level("WARNING", logger="tasks.engine.loop"):
+        result = fit(tiny_model(), MLMObjective(), ToySource(), cfg, NullSink())
+    assert result.steps == 2
+    warned = [r.getMessage() for r in caplog.records if "bf16 matrix instructions" in r.getMessage()]
+    assert bool(warned) is not has_bf16
+    assert not warned or 'train.precision = "fp32"' in warned[0]

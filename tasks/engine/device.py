@@ -33,6 +33,29 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 matrix instructions (CUDA: compute capability 8+; x86 CPUs:
+    AVX512-BF16 or AMX). Without them PyTorch's CPU bf16 matmul falls back to a path that measured
+    30-100x slower than fp32 on a 2-core AVX2 EPYC (``benchmarks/pretrain_bench.py``), so bf16
+    autocast there costs time instead of saving it."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return True  # no known trap elsewhere: say nothing
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers
+    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
+
+
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """A line for the log when bf16 is asked for on hardware that runs it slower than fp32."""
+    if precision != "bf16" or native_bf16(device):
+        return None
+    return (
+        f"precision bf16 on {device.type} without bf16 matrix instructions (no AVX512-BF16 / AMX here): "
+        'bf16 matmuls run far slower than fp32 on this machine; set train.precision = "fp32"'
+    )
+
+
 def rng_devices(device: torch.device) -> list[int]:
     """CUDA devices whose RNG fork_rng must save/restore (none on CPU)."""
     if device.type != "cuda":

@@ -47,7 +47,7 @@ from tasks.engine.checkpoint import (
     load_training_state,
     save_training_state,
 )
-from tasks.engine.device import autocast, rng_devices, to_device
+from tasks.engine.device import autocast, precision_warning, rng_devices, to_device
 from tasks.engine.flops import FlopsFn, default_peak_flops, flops_estimator
 from tasks.engine.optim import build_optimizer, build_scheduler, schedule_plan, time_multiplier
 from tasks.engine.settings import TrainSettings
@@ -127,6 +127,8 @@ def fit(
     for MFU (default: flops.flops_estimator(model)).
     """
     device = next(model.parameters()).device
+    if (warning := precision_warning(device, cfg.precision)) is not None:
+        log.warning(warning)  # a warning, not an error: the results are right, only slow
     optimizer = build_optimizer(
         model, cfg.lr, cfg.weight_decay, groups=param_groups, name=cfg.optimizer,
         scale_by_rms=cfg.lr_scaling == "rms",
