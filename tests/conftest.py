@@ -42,7 +42,8 @@ def one_torch_thread():
 # The longest files first: under `make test`'s two xdist workers they start side by side and the
 # short files fill in around them (BENCHMARKS.md "Test suite" has the durations).
 LONGEST_FIRST = (
-    "tests/test_faults.py", "tests/test_demo.py", "tests/test_sweep.py", "tests/test_task_runners.py",
+    "tests/test_faults.py", "tests/test_demo.py", "tests/test_t5_demo.py", "tests/test_sweep.py",
+    "tests/test_task_runners.py",
     "tests/e2e/", "tests/test_pipeline.py", "tests/test_robust_tracking.py", "tests/test_gpu_check.py",
     "tests/test_pretrain.py",
 )  # fmt: skip

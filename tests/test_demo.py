@@ -17,16 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tasks.data.dedup import dedup
-from tasks.data.ingest import ingest
-from tasks.data.pack import pack
-from tasks.data.tokenizer import train_tokenizer
-from tasks.demo.stage import make_demo_data
-from tasks.judge.evaluation import evaluate_checkpoint
-from tasks.run.config import load_config
-from tasks.train.finetune import finetune
-from tasks.train.pretrain import pretrain
+from demo_runs import pretrained_vs_random
 
 # On one worker thread of a slow 2-core VM this test took 508 s (BENCHMARKS.md "Test suite"): the
 # suite-wide 600 s limit would leave it too little room.
@@ -34,17 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def test_demo_pretrained_beats_random_init_by_15_sst2_points(tmp_path: Path) -> None:
-    cfg = load_config("tiny", tmp_path)
-    make_demo_data(cfg.demo, workdir=tmp_path)
-    docs = dedup(cfg.dedup, ingest(cfg.ingest, workdir=tmp_path), workdir=tmp_path)
-    tokenizer = train_tokenizer(cfg.tokenizer, docs, workdir=tmp_path)
-    checkpoint = pretrain(cfg.pretrain, pack(cfg.pack, docs, tokenizer, workdir=tmp_path), tokenizer,
-                          workdir=tmp_path)  # fmt: skip
-    assert checkpoint.summary["steps"] == cfg.pretrain.train.max_steps  # the step budget, not a timeout
-    scores = {}
-    for init in ("pretrained", "random"):
-        tuned = finetune(cfg.finetune.model_copy(update={"init": init}), checkpoint, workdir=tmp_path)
-        scores[init] = evaluate_checkpoint(cfg.evaluate, tuned, workdir=tmp_path).summary
-    gap = scores["pretrained"]["SST-2/accuracy"] - scores["random"]["SST-2/accuracy"]
-    assert gap >= 15, scores
-    assert scores["pretrained"]["glue_avg"] > scores["random"]["glue_avg"], scores  # the gate would promote
+    run = pretrained_vs_random("tiny", tmp_path)
+    assert run.pretrain_summary["steps"] == run.cfg.pretrain.train.max_steps  # the step budget, not a timeout
+    assert run.gap() >= 15, run.scores
+    assert run.scores["pretrained"]["glue_avg"] > run.scores["random"]["glue_avg"], run.scores  # promoted

@@ -21,6 +21,14 @@ Special tokens sit at fixed ids, the model family's set in order (specials.py): 
 <extra_id_0>=3 .. <extra_id_99>=102. Training fails loudly if they land elsewhere; a saved
 tokenizer says its family by the padding token it holds. BERT's template adds [CLS] A [SEP]
 (B [SEP]); T5's closes each segment with </s>.
+
+Two layouts (``metaspace_layout``). BERT's WordPiece/BPE split punctuation off and mark
+continuations with ##, as BertTokenizerFast expects. Unigram, and BPE for the T5 family, are
+spelt SentencePiece-style: word starts marked with "▁", nothing split off, so decoding gives back
+the text exactly -- T5 is scored on decoded text. WordPiece is refused for T5 for that reason.
+tokenizers' Unigram trainer seeds only substrings seen with two different continuations, so a
+word that is never a prefix of another (punctuation set apart, as in the demo's language) is never
+a whole piece; the t5-tiny preset uses BPE for that (BENCHMARKS.md "T5 demo").
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from tasks.data.corpus.sampling import ShardSample, sample_rows
@@ -64,7 +72,8 @@ class TokenizerConfig(BaseModel):
 
     algorithm: Literal["wordpiece", "bpe", "unigram"] = Field(
         "wordpiece",
-        description="Subword model; wordpiece is what BERT uses and what BertTokenizerFast loads.",
+        description="Subword model; wordpiece is what BERT uses and what BertTokenizerFast loads. "
+        "T5 family: unigram or bpe, both spelt SentencePiece-style (word starts marked with \u2581).",
     )
     vocab_size: int = Field(30_522, ge=64, le=1_000_000, description="Target vocabulary size incl. specials.")
     min_frequency: int = Field(
@@ -90,6 +99,17 @@ class TokenizerConfig(BaseModel):
     sample_seed: int = Field(0, ge=0, description="Seed of the id hash that picks the max_docs sample.")
     batch_docs: int = Field(1000, ge=1, le=1_000_000, description="Documents per batch fed to the trainer.")
 
+    @model_validator(mode="after")
+    def _t5_spells_its_targets_back(self) -> TokenizerConfig:
+        """T5 is scored on decoded text, so its tokenizer must give back what it was given."""
+        if self.family == "t5" and self.algorithm == "wordpiece":
+            raise ValueError(
+                "tokenizer.algorithm='wordpiece' cannot be used with tokenizer.family='t5': WordPiece splits "
+                "punctuation off and decodes it with spaces, so T5 targets such as 'not_equivalent' or '3.8' "
+                "come back as 'not _ equivalent' or '3. 8' and score as invalid; use 'unigram' or 'bpe'"
+            )
+        return self
+
 
 def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job) -> dict:
     """Train a tokenizer on a document-shard artifact and save it in tokenizers + HF formats."""
@@ -98,7 +118,9 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
     specials = FAMILIES[cfg.family]
     tokenizer = _new_tokenizer(cfg, specials)
     chars = [] if cfg.algorithm == "unigram" else kept_alphabet(cfg, tokenizer, sample)
-    pieces = [f"{_SUBWORD_PREFIX}{c}" for c in chars]
+    if metaspace_layout(cfg):
+        chars = sorted({*chars, _METASPACE}) if chars else chars  # BPE pieces start with the marker
+    pieces = [] if metaspace_layout(cfg) else [f"{_SUBWORD_PREFIX}{c}" for c in chars]
     trainer = _trainer(cfg, specials, chars, pieces)
     tokenizer.train_from_iterator(_text_batches(cfg, sample, sink, total), trainer, length=total)
     tokenizer = _unmark_special(tokenizer, specials, pieces)
@@ -171,14 +193,24 @@ def _text_batches(
             sink.progress(done, total)
 
 
+def metaspace_layout(cfg: TokenizerConfig) -> bool:
+    """SentencePiece's layout: word starts marked with "▁", nothing split off, lossless decoding.
+
+    Unigram always; BPE for the T5 family, whose targets ("not_equivalent", "3.8") must decode to
+    exactly their text. BERT's BPE and WordPiece split punctuation off and mark continuations ##.
+    """
+    return cfg.algorithm == "unigram" or (cfg.algorithm == "bpe" and cfg.family == "t5")
+
+
 def _new_tokenizer(cfg: TokenizerConfig, specials: SpecialTokens) -> Tokenizer:
     """Untrained tokenizer: model, BERT normalizer, pre-tokenizer and decoder for the algorithm."""
     normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=cfg.strip_accents, lowercase=cfg.lowercase
     )
-    if cfg.algorithm == "unigram":
-        # Unigram pieces carry no continuation marker, so word boundaries travel as "▁" instead.
-        tokenizer = Tokenizer(models.Unigram())
+    if metaspace_layout(cfg):
+        # Pieces carry no continuation marker, so word boundaries travel as "▁" instead.
+        model = models.Unigram() if cfg.algorithm == "unigram" else models.BPE(unk_token=specials.unk)
+        tokenizer = Tokenizer(model)
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_METASPACE, prepend_scheme="always")
         tokenizer.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme="always")
     else:
@@ -256,14 +288,15 @@ def _trainer(
         )  # fmt: skip
     kind = trainers.WordPieceTrainer if cfg.algorithm == "wordpiece" else trainers.BpeTrainer
     start = sorted({*alphabet, *chars})
+    prefix = {} if metaspace_layout(cfg) else {"continuing_subword_prefix": _SUBWORD_PREFIX}
     return kind(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
         limit_alphabet=len(start),
         special_tokens=[*tokens, *pieces],
         initial_alphabet=start,
-        continuing_subword_prefix=_SUBWORD_PREFIX,
         show_progress=False,
+        **prefix,
     )
 
 
