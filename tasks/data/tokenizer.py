@@ -118,8 +118,6 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
     specials = FAMILIES[cfg.family]
     tokenizer = _new_tokenizer(cfg, specials)
     chars = [] if cfg.algorithm == "unigram" else kept_alphabet(cfg, tokenizer, sample)
-    if metaspace_layout(cfg):
-        chars = sorted({*chars, _METASPACE}) if chars else chars  # BPE pieces start with the marker
     pieces = [] if metaspace_layout(cfg) else [f"{_SUBWORD_PREFIX}{c}" for c in chars]
     trainer = _trainer(cfg, specials, chars, pieces)
     tokenizer.train_from_iterator(_text_batches(cfg, sample, sink, total), trainer, length=total)
@@ -287,8 +285,10 @@ def _trainer(
             initial_alphabet=alphabet,
         )  # fmt: skip
     kind = trainers.WordPieceTrainer if cfg.algorithm == "wordpiece" else trainers.BpeTrainer
-    start = sorted({*alphabet, *chars})
-    prefix = {} if metaspace_layout(cfg) else {"continuing_subword_prefix": _SUBWORD_PREFIX}
+    if metaspace_layout(cfg):  # SentencePiece-style BPE: pieces start with the word marker, no ## form
+        start, prefix = sorted({*alphabet, *chars, _METASPACE}), {}
+    else:
+        start, prefix = sorted({*alphabet, *chars}), {"continuing_subword_prefix": _SUBWORD_PREFIX}
     return kind(
         vocab_size=cfg.vocab_size,
         min_frequency=cfg.min_frequency,
