@@ -70,12 +70,11 @@ def cpu_bf16() -> dict | None:
     a bf16 figure from a CPU without them measures PyTorch's slow fallback matmul, not a model."""
     try:
         import torch
+
+        from tasks.engine.device import cpu_bf16_instructions
     except ImportError:
         return None
-    probe = {name: getattr(torch.cpu, f"_is_{name}_supported", None) for name in ("avx512_bf16", "amx_tile")}
-    return {"capability": torch.backends.cpu.get_cpu_capability()} | {
-        name: (bool(fn()) if fn is not None else None) for name, fn in probe.items()
-    }
+    return {"capability": torch.backends.cpu.get_cpu_capability()} | cpu_bf16_instructions()
 
 
 def machine() -> dict:

@@ -33,17 +33,24 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+def cpu_bf16_instructions() -> dict[str, bool | None]:
+    """AVX512-BF16 and AMX tiles as torch.cpu's private probes report them (None: no such probe)."""
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_tile": "_is_amx_tile_supported"}
+    found = {name: getattr(torch.cpu, attr, None) for name, attr in probes.items()}
+    return {name: (bool(probe()) if probe is not None else None) for name, probe in found.items()}
+
+
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` has bf16 matrix instructions (CUDA: compute capability 8+; x86 CPUs:
-    AVX512-BF16 or AMX). Without them PyTorch's CPU bf16 matmul falls back to a path that measured
-    30-100x slower than fp32 on a 2-core AVX2 EPYC (``benchmarks/pretrain_bench.py``), so bf16
-    autocast there costs time instead of saving it."""
+    """Whether ``device`` has bf16 matrix instructions (CUDA: torch.cuda.is_bf16_supported; x86
+    CPUs: AVX512-BF16 or AMX). Without them PyTorch's CPU bf16 matmul takes a fallback path: the
+    T5 tiny training step ran 12-18x slower in bf16 than in fp32 on a 2-core AVX2 EPYC
+    (``benchmarks/results/pretrain_bench_t5_avx2_bf16.json``), so bf16 autocast there costs time
+    instead of saving it. A probe this torch lacks counts as present: no warning on a guess."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return True  # no known trap elsewhere: say nothing
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu helpers
-    return any(getattr(torch.cpu, name, lambda: True)() for name in probes)
+    return any(found is not False for found in cpu_bf16_instructions().values())
 
 
 def precision_warning(device: torch.device, precision: str) -> str | None:
