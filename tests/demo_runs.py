@@ -20,6 +20,7 @@ from tasks.data.tokenizer import train_tokenizer
 from tasks.demo.stage import make_demo_data
 from tasks.judge.evaluation import evaluate_checkpoint
 from tasks.run.config import PipelineConfig, load_config
+from tasks.store.artifact import Artifact
 from tasks.train.finetune import finetune
 from tasks.train.pretrain import pretrain
 
@@ -34,10 +35,15 @@ class DemoRun:
         return self.scores["pretrained"][metric] - self.scores["random"][metric]
 
 
+def demo_documents(cfg: PipelineConfig, workdir: Path) -> tuple[Artifact, Artifact]:
+    """The preset's synthetic data (with its lexicon.json) and the deduplicated corpus built from it."""
+    demo = make_demo_data(cfg.demo, workdir=workdir)
+    return demo, dedup(cfg.dedup, ingest(cfg.ingest, workdir=workdir), workdir=workdir)
+
+
 def pretrained_vs_random(preset: str, workdir: Path, overrides: Sequence[str] = ()) -> DemoRun:
     cfg = load_config(preset, workdir, list(overrides))
-    make_demo_data(cfg.demo, workdir=workdir)
-    docs = dedup(cfg.dedup, ingest(cfg.ingest, workdir=workdir), workdir=workdir)
+    _, docs = demo_documents(cfg, workdir)
     tokenizer = train_tokenizer(cfg.tokenizer, docs, workdir=workdir)
     packed = pack(cfg.pack, docs, tokenizer, workdir=workdir)
     checkpoint = pretrain(cfg.pretrain, packed, tokenizer, workdir=workdir)

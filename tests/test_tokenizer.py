@@ -224,13 +224,12 @@ def test_t5_demo_tokenizer_keeps_every_made_up_word_whole(tmp_path: Path) -> Non
     (BENCHMARKS.md "T5 demo"); if a tokenizers release changes that, the preset's choice is worth
     revisiting, and this test says so.
     """
-    from tasks.data.dedup import dedup
-    from tasks.demo.stage import make_demo_data
+    from demo_runs import demo_documents
+
     from tasks.run.config import load_config
 
     cfg = load_config("t5-tiny", tmp_path)
-    demo = make_demo_data(cfg.demo, workdir=tmp_path)
-    docs = dedup(cfg.dedup, ingest(cfg.ingest, workdir=tmp_path), workdir=tmp_path)
+    demo, docs = demo_documents(cfg, tmp_path)
     classes = json.loads((demo.dir / "lexicon.json").read_text())["classes"]
     words = sorted({w for c in classes.values() for w in (*c["visible"], *c["heldout"])})
     pieces = {}
