@@ -94,6 +94,38 @@ def test_changed_input_file_rebuilds(tmp_path: Path) -> None:
     assert len(CALLS) == 2 and first.fingerprint != second.fingerprint and not second.cached
 
 
+DRAWS: list[int] = []
+
+
+def build_drawn(cfg: Cfg, *inputs: object, out: Path, job: Job) -> dict:
+    """A build that is not byte-identical when repeated (like a Unigram tokenizer or a timed run)."""
+    DRAWS.append(len(DRAWS))
+    (out / "drawn.txt").write_text(str(DRAWS[-1] // cfg.n))  # n=1: new bytes per build; n=99: the same
+    return {}
+
+
+def test_an_input_rebuilt_with_other_bytes_rebuilds_what_was_built_on_it(tmp_path: Path) -> None:
+    upstream = Stage("up", build_drawn)
+    for n, rebuilt_downstream in ((1, True), (99, False)):
+        DRAWS.clear()
+        work = tmp_path / str(n)
+        first = STAGE(Cfg(), upstream(Cfg(n=n), workdir=work), workdir=work)
+        (upstream(Cfg(n=n), workdir=work).dir / "drawn.txt").write_text("damaged")
+        rebuilt = upstream(Cfg(n=n), workdir=work)  # same fingerprint, built again
+        assert not rebuilt.cached and len(DRAWS) == 2
+        again = STAGE(Cfg(), rebuilt, workdir=work)
+        assert (again.fingerprint != first.fingerprint) is rebuilt_downstream
+        assert again.cached is not rebuilt_downstream
+
+
+def test_a_missing_input_artifact_is_an_error_naming_it(tmp_path: Path) -> None:
+    from tasks.store.artifact import Artifact
+
+    gone = Artifact(stage="up", fingerprint="f", path=str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError, match=r"gone: input artifact directory not found"):
+        STAGE(Cfg(), gone, workdir=tmp_path)
+
+
 def test_missing_input_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nowhere\.tsv: input file not found"):
         STAGE(Cfg(source=str(tmp_path / "nowhere.tsv")), workdir=tmp_path)

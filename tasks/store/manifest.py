@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.store.artifact import MANIFEST
-from tasks.store.digest import sha256_file
+from tasks.store.digest import json_digest, sha256_file
 from tasks.store.ownership import OWNER_MARK
 
 NOT_CONTENT = frozenset({MANIFEST, OWNER_MARK})  # bookkeeping files, not part of the artifact
@@ -26,6 +26,23 @@ def file_table(directory: Path) -> dict[str, dict[str, Any]]:
         if rel not in NOT_CONTENT:
             table[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return table
+
+
+def content_digest(directory: Path) -> str:
+    """Digest of what an artifact holds: its manifest's file table (sizes + sha256 of every file).
+
+    Why: a downstream stage's fingerprint must change when its input's bytes do, not only when
+    the input's own key does. A damaged artifact is rebuilt under the same fingerprint, and a
+    rebuild is not always byte-identical (Unigram tokenizers, time-budgeted pre-training), so a
+    key made of input fingerprints alone would reuse work done on the old bytes. A directory
+    without a readable manifest is hashed file by file here.
+    """
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: input artifact directory not found")
+    manifest = read_manifest(directory)
+    files = manifest.get("files") if manifest else None
+    table = files if isinstance(files, dict) else file_table(directory)
+    return json_digest(table, length=64)
 
 
 def write_manifest(directory: Path, record: dict[str, Any]) -> None:

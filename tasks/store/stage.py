@@ -5,8 +5,10 @@ external files it reads, where it writes). Calling it runs the stage idempotentl
 
 1. **Fingerprint** everything the output depends on, in one place for every stage: the
    stage's code (``digest.code_digest`` of the build function's module and its imports),
-   its config, the upstream artifacts' fingerprints, the content of every external file it
-   reads (``reads``), and its destination outside the workdir (e.g. the registry URI).
+   its config, the upstream artifacts' fingerprints and contents (their manifests' file
+   tables: an upstream rebuilt with other bytes invalidates what was built on it), the
+   content of every external file it reads (``reads``), and its destination outside the
+   workdir (e.g. the registry URI).
 2. **Reuse** ``<workdir>/<stage>/<fingerprint>/`` only if its manifest verifies file by
    file (``manifest.verify``); a damaged one is logged naming the file and rebuilt.
 3. **Build** otherwise, into an owned temporary sibling, under a per-fingerprint lock;
@@ -35,7 +37,7 @@ from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
 from tasks.store.digest import code_digest, files_digest, json_digest
 from tasks.store.locks import build_lock
-from tasks.store.manifest import read_manifest, verify, write_manifest
+from tasks.store.manifest import content_digest, read_manifest, verify, write_manifest
 from tasks.store.ownership import check_replaceable, mark_owned, remove_owned
 from tasks.store.shard_map import ItemFn, ShardMap, ShardWork, inline_map, item_directory
 
@@ -103,6 +105,7 @@ class Stage:
             "code": code_digest(self.build.__module__),
             "config": cfg.model_dump(mode="json"),
             "inputs": [a.fingerprint for a in inputs],
+            "input_contents": [content_digest(a.dir) for a in inputs],  # what they hold, byte for byte
             "reads": files_digest(self.reads(cfg, workdir), sampled=self.sampled_reads),
             "destination": destination,
         }
