@@ -28,7 +28,9 @@ spelt SentencePiece-style: word starts marked with "▁", nothing split off, so 
 the text exactly -- T5 is scored on decoded text. WordPiece is refused for T5 for that reason.
 tokenizers' Unigram trainer seeds only substrings seen with two different continuations, so a
 word that is never a prefix of another (punctuation set apart, as in the demo's language) is never
-a whole piece; the t5-tiny preset uses BPE for that (BENCHMARKS.md "T5 demo").
+a whole piece; the t5-tiny preset uses BPE for that (BENCHMARKS.md "T5 demo"). Unigram training is
+also not reproducible (other scores and ids in every process; BENCHMARKS.md "T5 tokenizer"), so
+both T5 presets use BPE, and choosing Unigram logs a warning.
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ log = logging.getLogger(__name__)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 SPECIAL_TOKENS = BERT.tokens  # ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), index == fixed id
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = range(len(SPECIAL_TOKENS))
+UNIGRAM_IS_NOT_REPRODUCIBLE = (
+    "tokenizer: Unigram training is not reproducible: the same documents give other piece scores "
+    "and ids in every process, so a rebuild gives another model (what was built on the old one is "
+    "rebuilt, not reused); algorithm = 'bpe' is byte-identical (BENCHMARKS.md 'T5 tokenizer')"
+)
 _SUBWORD_PREFIX = "##"
 _METASPACE = "▁"
 _PRINTABLE = sorted(set(string.printable) - set(string.whitespace))  # T5 family: see _trainer
@@ -73,7 +80,8 @@ class TokenizerConfig(BaseModel):
     algorithm: Literal["wordpiece", "bpe", "unigram"] = Field(
         "wordpiece",
         description="Subword model; wordpiece is what BERT uses and what BertTokenizerFast loads. "
-        "T5 family: unigram or bpe, both spelt SentencePiece-style (word starts marked with \u2581).",
+        "T5 family: unigram or bpe, both spelt SentencePiece-style (word starts marked with \u2581). "
+        "unigram is not reproducible: every training gives other scores and ids.",
     )
     vocab_size: int = Field(30_522, ge=64, le=1_000_000, description="Target vocabulary size incl. specials.")
     min_frequency: int = Field(
@@ -120,6 +128,8 @@ def build_tokenizer(cfg: TokenizerConfig, docs: Artifact, *, out: Path, job: Job
     chars = [] if cfg.algorithm == "unigram" else kept_alphabet(cfg, tokenizer, sample)
     pieces = [] if metaspace_layout(cfg) else [f"{_SUBWORD_PREFIX}{c}" for c in chars]
     trainer = _trainer(cfg, specials, chars, pieces)
+    if cfg.algorithm == "unigram":
+        log.warning(UNIGRAM_IS_NOT_REPRODUCIBLE)
     tokenizer.train_from_iterator(_text_batches(cfg, sample, sink, total), trainer, length=total)
     tokenizer = _unmark_special(tokenizer, specials, pieces)
     _check_special_ids(tokenizer, "trained tokenizer", specials)
