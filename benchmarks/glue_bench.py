@@ -25,6 +25,14 @@ reports per-metric medians; ``--runs`` picks a subset (finished stages are reuse
 FIELD=VALUE`` changes any other field of the budget (a recipe study's knobs: objective, masking
 rate, sequence length, vocabulary, positions, warm-up, schedule).
 
+``--family t5`` runs the same comparison for the T5 family (T5_BUDGET): the T5 v1.1
+encoder-decoder of the same size name, a SentencePiece-style BPE vocabulary with T5's
+specials, span corruption (noise density 0.15, mean span 3; rows of 141 tokens corrupt to
+the 128 encoder positions), AdamW with Adafactor's relative steps at 2e-2 (lr_scaling "rms"),
+and text-to-text fine-tuning at 1e-3 on the same tasks, steps and batch, scored by the same
+metric modules (an output that is no valid label counts as wrong; each task's report counts
+them). Everything else (corpus, vocabulary size, clock, seeds) is the budget's.
+
 SQuAD: DIR/squad/train.json + dev.json when present; otherwise the by-article split of
 the official dev set (DIR/squad/split-by-article/{train,eval}.json): its scores are NOT
 comparable with published SQuAD dev numbers.
@@ -61,11 +69,13 @@ from benchmarks.provenance import now, portable_path, provenance
 from tasks.data.dedup import DedupConfig, dedup
 from tasks.data.ingest import IngestConfig, ingest
 from tasks.data.pack import PackConfig, pack
+from tasks.data.specials import T5
 from tasks.data.tokenizer import TokenizerConfig, train_tokenizer
 from tasks.downstream.selection import SelectionSplit
 from tasks.downstream.tasks import TASKS
 from tasks.engine.launch import JsonlSink
 from tasks.engine.settings import TrainSettings
+from tasks.engine.span_corruption import SpanCorruption
 from tasks.judge.evaluation import REPORT, EvalConfig, evaluate_checkpoint
 from tasks.sink import MetricSink, NullSink
 from tasks.store.artifact import Artifact
@@ -73,7 +83,7 @@ from tasks.train.finetune import finetune
 from tasks.train.finetune_config import FinetuneConfig
 from tasks.train.pretrain import pretrain
 from tasks.train.pretrain_config import PretrainConfig
-from tasks.train.shape import EncoderShape
+from tasks.train.shape import EncoderShape, T5Shape
 
 log = logging.getLogger("glue_bench")
 RUNS: dict[str, dict[str, Any]] = {  # name -> FinetuneConfig options; same fine-tuning budget for all
@@ -112,8 +122,22 @@ class Budget:
     selection_size: int | None = None  # hold out N train examples per task, scored apart from dev
     pretrain_warmup: float = 0.06  # share of the pre-training budget spent warming up
     pretrain_schedule: str = "linear"  # decay to zero after warmup: "linear" or "cosine"
-    objective: str = "mlm"  # pre-training objective: "mlm", "span" or "electra"
+    objective: str = "mlm"  # pre-training objective: "mlm", "span" or "electra" (T5: "span_corruption")
     positions: str = "learned"  # encoder positions: "learned" (BERT), "sinusoidal" or "rotary"
+    family: str = "bert"  # "t5": encoder-decoder, span corruption at noise density mask_rate, text to text
+    tokenizer: str = "wordpiece"  # subword algorithm (T5: "bpe" or "unigram", SentencePiece-style)
+    pretrain_lr_scaling: str = "none"  # "rms": Adafactor's relative steps (T5 needs it with AdamW)
+
+
+T5_BUDGET = {  # --family t5: what differs from the BERT budget (the t5-small preset's recipe)
+    "family": "t5",
+    "objective": "span_corruption",
+    "tokenizer": "bpe",  # byte-identical when rebuilt; Unigram is not (BENCHMARKS.md "T5 tokenizer")
+    "mask_rate": 0.15,  # T5's noise density (mean span 3)
+    "pretrain_lr": 2e-2,
+    "pretrain_lr_scaling": "rms",
+    "lr": 1e-3,
+}
 
 
 QUICK = Budget(
@@ -216,12 +240,20 @@ def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[s
         IngestConfig(paths=corpus_paths(data, budget), format="wiki", max_docs=budget.max_docs),
     )
     unique = timed("dedup", dedup, DedupConfig(), docs)
-    tokenizer = timed("tokenizer", train_tokenizer, TokenizerConfig(vocab_size=budget.vocab_size), unique)
-    packed = timed("pack", pack, PackConfig(seq_len=budget.seq_len), unique, tokenizer)
-    cfg = PretrainConfig(
-        shape=EncoderShape(
-            size=budget.size, norm=budget.norm, dropout=budget.dropout, positions=budget.positions
-        ),
+    words = TokenizerConfig(family=budget.family, algorithm=budget.tokenizer, vocab_size=budget.vocab_size)
+    tokenizer = timed("tokenizer", train_tokenizer, words, unique)
+    packed = timed("pack", pack, PackConfig(seq_len=packed_length(budget)), unique, tokenizer)
+    cfg = pretrain_config(budget)
+    curve = workdir / CURVE
+    curve.unlink(missing_ok=True)
+    return timed("pretrain", pretrain, cfg, packed, tokenizer, sink=JsonlSink(curve))
+
+
+def pretrain_config(budget: Budget) -> PretrainConfig:
+    """The pre-training stage's config for the budget (either family)."""
+    return PretrainConfig(
+        family=budget.family,
+        **model_shape(budget),
         train=TrainSettings(
             max_steps=budget.pretrain_steps,
             max_minutes=budget.pretrain_minutes,  # the LR follows the clock down to 0 at the deadline
@@ -231,14 +263,33 @@ def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[s
             eval_every=max(1, min(500, budget.pretrain_steps // 10)),
             checkpoint_every=200,
             precision=budget.precision,
+            lr_scaling=budget.pretrain_lr_scaling,
         ),
         batch_size=budget.pretrain_batch,
-        mask_rate=budget.mask_rate,
         objective=budget.objective,
+        **{"noise_density" if budget.family == "t5" else "mask_rate": budget.mask_rate},
     )
-    curve = workdir / CURVE
-    curve.unlink(missing_ok=True)
-    return timed("pretrain", pretrain, cfg, packed, tokenizer, sink=JsonlSink(curve))
+
+
+def packed_length(budget: Budget) -> int:
+    """Corpus tokens per packed row: ``seq_len`` for BERT; for T5 the raw row whose span-corrupted
+    input fills ``seq_len`` encoder positions (141 for 128 at noise density 0.15)."""
+    if budget.family != "t5":
+        return budget.seq_len
+    spans = SpanCorruption(tuple(T5.sentinel_ids), eos_id=T5.ids["eos_id"], pad_id=T5.ids["pad_id"],
+                           noise_density=budget.mask_rate)  # fmt: skip
+    return spans.raw_length(budget.seq_len)[0]
+
+
+def model_shape(budget: Budget) -> dict[str, Any]:
+    """PretrainConfig's architecture field for the budget's family (T5 v1.1 has no norm/position knobs)."""
+    if budget.family == "t5":
+        return {"t5": T5Shape(size=budget.size, dropout=budget.dropout)}
+    return {
+        "shape": EncoderShape(
+            size=budget.size, norm=budget.norm, dropout=budget.dropout, positions=budget.positions
+        )
+    }
 
 
 def validation_curve(workdir: Path) -> list[dict[str, float]]:
@@ -279,7 +330,7 @@ def finetune_and_evaluate(
         mixing_cap_k=budget.mixing_cap_k,
         max_seq_len=budget.seq_len,
         max_train_examples_per_task=budget.max_train_examples,
-        pooling=budget.pooling,
+        **({"pooling": budget.pooling} if budget.family == "bert" else {}),  # T5 has no pooled heads
         group_by_length=budget.group_by_length,
         hold_out=held_out,
         **options,
@@ -342,7 +393,8 @@ def override(budget: Budget, args: argparse.Namespace) -> Budget:
         "group_by_length": args.group_by_length or None,
         "selection_size": args.selection_size,
     }
-    budget = replace(budget, **{k: v for k, v in changes.items() if v is not None})
+    family = T5_BUDGET if args.family == "t5" else {}
+    budget = replace(budget, **family, **{k: v for k, v in changes.items() if v is not None})
     return replace(budget, **dict(budget_setting(budget, item) for item in args.set))
 
 
@@ -374,6 +426,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
     parser.add_argument("--quick", action="store_true", help="a few CPU minutes on a tiny slice")
     parser.add_argument("--workdir", type=Path, default=None, help="stage dirs (default .bench/glue[-quick])")
+    parser.add_argument(
+        "--family", choices=("bert", "t5"), default="bert",
+        help="t5: the T5 v1.1 encoder-decoder of the same size name, span corruption, text-to-text "
+        "fine-tuning, with the t5-small preset's optimiser settings (T5_BUDGET)",
+    )  # fmt: skip
     parser.add_argument("--size", default=None, help="override the model size (tiny, mini, small, ...)")
     parser.add_argument(
         "--pretrain-minutes", type=float, default=None, help="override the pre-training budget"

@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is scripts, not installed
 
-from benchmarks.glue_bench import FULL, budget_setting, over_seeds
+from benchmarks.glue_bench import FULL, T5_BUDGET, budget_setting, over_seeds, packed_length, pretrain_config
 from benchmarks.glue_table import collect
 
 
@@ -45,6 +45,19 @@ def test_set_parses_each_field_as_its_own_type() -> None:
 def test_set_refuses_unknown_fields_and_bad_values(item: str, message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         budget_setting(FULL, item)
+
+
+def test_t5_budget_pretrains_t5_by_span_corruption_on_rows_that_fill_the_encoder() -> None:
+    from dataclasses import replace
+
+    t5 = replace(FULL, **T5_BUDGET)
+    cfg = pretrain_config(t5)
+    assert (cfg.family, cfg.objective, cfg.noise_density) == ("t5", "span_corruption", 0.15)
+    assert cfg.t5.size == "mini"
+    assert cfg.train.lr_scaling == "rms" and cfg.train.max_minutes == FULL.pretrain_minutes
+    assert packed_length(t5) == 141 and packed_length(FULL) == 128  # 141 tokens corrupt to 128 inputs
+    bert = pretrain_config(FULL)
+    assert (bert.family, bert.objective, bert.mask_rate, bert.shape.size) == ("bert", "mlm", 0.25, "mini")
 
 
 def test_seeds_are_reported_as_medians_with_each_seed_kept(tmp_path: Path) -> None:
