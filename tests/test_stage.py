@@ -73,8 +73,9 @@ def recorded(ctx: StageContext, name: str) -> dict:
     return next(s for s in record["stages"] if s["name"] == name)
 
 
-def test_finished_run_has_params_metrics_lineage_and_files(ctx: StageContext) -> None:
-    upstream = Artifact(stage="pack", fingerprint="f" * 16, path="/x", producer_run_id="r0")
+def test_finished_run_has_params_metrics_lineage_and_files(ctx: StageContext, tmp_path: Path) -> None:
+    (tmp_path / "rows.bin").write_bytes(b"\x00\x01")  # an input's bytes are part of the key: it must exist
+    upstream = Artifact(stage="pack", fingerprint="f" * 16, path=str(tmp_path), producer_run_id="r0")
     stage = Stage("ok", build_report, log_files=("report.json",))
     art = run_stage(stage, Cfg(), [upstream], ctx)
     run = child(ctx, "ok")
