@@ -214,12 +214,17 @@ def available_tasks(downstream: Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def corpus_paths(data: Path, budget: Budget) -> tuple[str, ...]:
+def wiki_files(data: Path) -> list[Path]:
+    """The WikiExtractor files under DIR/corpus, sorted (the order every corpus budget counts in)."""
     corpus = data / "corpus"
     files = sorted(corpus.rglob("wiki_*"))
     if not files:
         raise SystemExit(f"no WikiExtractor files (wiki_*) under {corpus}")
-    return tuple(str(p) for p in files[: budget.corpus_files])
+    return files
+
+
+def corpus_paths(data: Path, budget: Budget) -> tuple[str, ...]:
+    return tuple(str(p) for p in wiki_files(data)[: budget.corpus_files])
 
 
 def pretrain_pipeline(data: Path, workdir: Path, budget: Budget, seconds: dict[str, float]) -> Artifact:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.glue_bench import wiki_files
 from benchmarks.provenance import now, provenance
 from tasks.data.corpus.shards import iter_doc_batches
 from tasks.data.ingest import IngestConfig, ingest
@@ -48,13 +49,6 @@ docs = Artifact(stage="ingest", fingerprint="docs", path=sys.argv[1])
 cfg = TokenizerConfig(family="t5", algorithm=sys.argv[3], vocab_size=int(sys.argv[4]))
 print(train_tokenizer(cfg, docs, workdir=sys.argv[2], sink=NullSink()).dir / "tokenizer.json")
 """
-
-
-def wiki_files(data: Path) -> list[Path]:
-    files = sorted((data / "corpus").rglob("wiki_*"))
-    if not files:
-        raise SystemExit(f"no WikiExtractor files (wiki_*) under {data / 'corpus'}")
-    return files
 
 
 def documents(files: list[Path], max_docs: int, workdir: Path) -> Path:

@@ -105,8 +105,8 @@ def main() -> None:
     args = parser.parse_args()
     started = now()
     families: dict[str, dict[str, Any]] = {}
-    for family in FAMILIES:
-        out = args.out.with_name(f"{args.out.stem}.{family}.json")
+    outs = {family: args.out.with_name(f"{args.out.stem}.{family}.json") for family in FAMILIES}
+    for family, out in outs.items():
         subprocess.run(family_command(args, family, out), check=True)
         families[family] = summary(json.loads(out.read_text()))
     print_table(families)
@@ -114,7 +114,7 @@ def main() -> None:
     payload = {
         "provenance": provenance(("torch", "tokenizers"), started),
         "setting": setting,
-        "per_family_results": {f: args.out.with_name(f"{args.out.stem}.{f}.json").name for f in FAMILIES},
+        "per_family_results": {family: out.name for family, out in outs.items()},
         **families,
     }
     args.out.write_text(json.dumps(payload, indent=2))
